@@ -1,0 +1,33 @@
+# The two commands of the README. Both create .venv on first use and install the project
+# with constraints.txt, so that on a CPU-only machine torch is the local CPU build of 2.13.0
+# and nothing pulls CUDA packages.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+STAMP := $(VENV)/.kmax-installed
+
+.PHONY: demo test install bench clean
+
+$(STAMP): pyproject.toml constraints.txt Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first, pinned, so that no later requirement lets pip pick a CUDA build.
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -c constraints.txt torch==2.13.0
+	$(PIP) install -c constraints.txt -e '.[test]'
+	# Official evaluators used as test oracles: --no-deps (they pin numpy<2 / pull GUI deps).
+	$(PIP) install --no-deps panopticapi-lite==0.2.0 cityscapesscripts==2.3.0 pyquaternion==0.9.9
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/kmax demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider
+
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) demo_output .pytest_cache

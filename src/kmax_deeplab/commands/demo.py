@@ -1,0 +1,16 @@
+"""``kmax demo``: placeholder parser, replaced when the feature lands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def run(args: argparse.Namespace) -> int:
+    print("kmax demo: not available in this build yet", file=sys.stderr)
+    return 2
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("demo", help="(not available yet)")
+    p.set_defaults(func=run)

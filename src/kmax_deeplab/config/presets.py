@@ -1,0 +1,164 @@
+"""Config presets: a plain dict from name to a function returning a fresh :class:`Config`.
+
+Numbers follow spec ``kmax_deeplab.md`` §1 (architecture), §3 (post-processing table)
+and §4 (training recipes). Nothing registers itself at import time; the table below is
+the whole list, printed by ``kmax info``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from kmax_deeplab.config.schema import (
+    Config,
+    DataConfig,
+    LossConfig,
+    ModelConfig,
+    PostProcessConfig,
+    SolverConfig,
+)
+
+# ConvNeXt stochastic-depth rates per dataset (spec §4 table, "ConvNeXt drop-path").
+_CONVNEXT_DROP_PATH = {
+    "coco": {"tiny": 0.3, "small": 0.4, "base": 0.5, "large": 0.6},
+    "cityscapes": {"tiny": 0.2, "small": 0.3, "base": 0.4, "large": 0.6},
+    # The spec gives only L (0.7) for ADE20K; T/S/B fall back to the COCO rates.
+    "ade20k": {"tiny": 0.3, "small": 0.4, "base": 0.5, "large": 0.7},
+}
+
+
+def _coco(backbone: str = "resnet50", drop: float = 0.0) -> Config:
+    return Config(
+        name=f"coco/kmax_{backbone}",
+        model=ModelConfig(backbone=backbone, backbone_drop_path=drop, num_classes=133,
+                          num_queries=128, image_size=(1281, 1281), aux_semantic="decoder",
+                          drop_path=0.2),
+        data=DataConfig(dataset="coco", crop_size=(1281, 1281), min_scale=0.2, max_scale=2.0),
+        loss=LossConfig(instance_sample_k=4096, instance_sample_temperature=1.5,
+                        semantic_sample_k=4096, semantic_sample_temperature=2.0),
+        solver=SolverConfig(batch_size=64, max_iters=150_000, base_lr=5e-4),
+        postprocess=PostProcessConfig(thing_threshold=0.7, stuff_threshold=0.5,
+                                      overlap_threshold=0.8, class_weight=1.0, mask_weight=1.0,
+                                      thing_area_limit=400, stuff_area_limit=6400),
+    )
+
+
+def _cityscapes(backbone: str = "resnet50", drop: float = 0.0) -> Config:
+    return Config(
+        name=f"cityscapes/kmax_{backbone}",
+        model=ModelConfig(backbone=backbone, backbone_drop_path=drop, num_classes=19,
+                          num_queries=256, image_size=(1025, 2049), aux_semantic="head",
+                          use_stem_skip=True, drop_path=0.2),
+        data=DataConfig(dataset="cityscapes", root="datasets/cityscapes",
+                        train_image_dir="leftImg8bit/train",
+                        train_json="gtFine/cityscapes_panoptic_train_trainId.json",
+                        train_panoptic_dir="gtFine/cityscapes_panoptic_train_trainId",
+                        val_image_dir="leftImg8bit/val",
+                        val_json="gtFine/cityscapes_panoptic_val_trainId.json",
+                        val_panoptic_dir="gtFine/cityscapes_panoptic_val_trainId",
+                        crop_size=(1025, 2049), min_scale=0.5, max_scale=2.0),
+        loss=LossConfig(instance_sample_k=4096, instance_sample_temperature=0.6,
+                        semantic_sample_k=0),
+        solver=SolverConfig(batch_size=32, max_iters=60_000, base_lr=3e-4),
+        postprocess=PostProcessConfig(thing_threshold=0.5, stuff_threshold=0.3,
+                                      overlap_threshold=0.9, class_weight=1.0, mask_weight=0.0,
+                                      thing_area_limit=256, stuff_area_limit=2048),
+    )
+
+
+def _ade20k(backbone: str = "resnet50", drop: float = 0.0, size: int = 641) -> Config:
+    return Config(
+        name=f"ade20k/kmax_{backbone}_{size}",
+        model=ModelConfig(backbone=backbone, backbone_drop_path=drop, num_classes=150,
+                          num_queries=128, image_size=(size, size), aux_semantic="decoder",
+                          drop_path=0.0),
+        data=DataConfig(dataset="ade20k", root="datasets/ADEChallengeData2016",
+                        train_image_dir="images/training",
+                        train_json="ade20k_panoptic_train.json",
+                        train_panoptic_dir="ade20k_panoptic_train",
+                        val_image_dir="images/validation",
+                        val_json="ade20k_panoptic_val.json",
+                        val_panoptic_dir="ade20k_panoptic_val",
+                        crop_size=(size, size), min_scale=0.5, max_scale=2.0),
+        loss=LossConfig(instance_sample_k=1024 if size == 641 else 4096,
+                        instance_sample_temperature=1.5,
+                        semantic_sample_k=4096, semantic_sample_temperature=2.0),
+        solver=SolverConfig(batch_size=64, max_iters=100_000, base_lr=5e-4),
+        postprocess=PostProcessConfig(thing_threshold=0.4, stuff_threshold=0.4,
+                                      overlap_threshold=0.8, class_weight=1.0, mask_weight=1.0,
+                                      thing_area_limit=0, stuff_area_limit=0),
+    )
+
+
+def _tiny() -> Config:
+    """A small kMaX for tests and ``kmax demo``: synthetic data, 129x129 canvas, CPU-trainable."""
+    return Config(
+        name="synthetic/kmax_tiny",
+        model=ModelConfig(backbone="resnet_tiny", num_classes=7, num_queries=16,
+                          image_size=(129, 129), decoder_filters=(64, 32, 16, 16),
+                          decoder_num_blocks=(1, 1, 1, 1), transformer_layers=(1, 1, 1),
+                          hidden_dim=64, key_dim=32, value_dim=64, ffn_dim=128, num_heads=4,
+                          pixel_feature_dim=32, drop_path=0.0, aux_semantic="decoder"),
+        data=DataConfig(dataset="synthetic", root="", train_image_dir="train/images",
+                        train_json="train/panoptic.json", train_panoptic_dir="train/panoptic",
+                        val_image_dir="val/images", val_json="val/panoptic.json",
+                        val_panoptic_dir="val/panoptic", crop_size=(129, 129),
+                        min_scale=0.5, max_scale=1.5, min_valid_pixels=64, num_workers=0),
+        loss=LossConfig(instance_sample_k=512, instance_sample_temperature=1.5,
+                        semantic_sample_k=512, semantic_sample_temperature=2.0),
+        solver=SolverConfig(batch_size=8, max_iters=600, base_lr=1e-3, warmup_iters=50,
+                            checkpoint_period=200, eval_period=0, log_period=10,
+                            backbone_lr_multiplier=1.0, output_dir="runs/kmax_tiny"),
+        postprocess=PostProcessConfig(thing_threshold=0.5, stuff_threshold=0.4,
+                                      overlap_threshold=0.8, thing_area_limit=0,
+                                      stuff_area_limit=0),
+    )
+
+
+def _named(factory: Callable[[], Config], name: str) -> Callable[[], Config]:
+    def build() -> Config:
+        cfg = factory()
+        cfg.name = name
+        return cfg
+
+    return build
+
+
+PRESETS: dict[str, Callable[[], Config]] = {
+    "coco/kmax_r50": _named(lambda: _coco("resnet50"), "coco/kmax_r50"),
+    "coco/kmax_r50_deeplab2": _named(lambda: _coco("resnet50_deeplab2"), "coco/kmax_r50_deeplab2"),
+    "cityscapes/kmax_r50": _named(lambda: _cityscapes("resnet50"), "cityscapes/kmax_r50"),
+    "cityscapes/kmax_r50_deeplab2": _named(lambda: _cityscapes("resnet50_deeplab2"),
+                                           "cityscapes/kmax_r50_deeplab2"),
+    "ade20k/kmax_r50_641": _named(lambda: _ade20k("resnet50", size=641), "ade20k/kmax_r50_641"),
+    "ade20k/kmax_r50_1281": _named(lambda: _ade20k("resnet50", size=1281), "ade20k/kmax_r50_1281"),
+    "synthetic/kmax_tiny": _tiny,
+}
+for _size in ("tiny", "small", "base", "large"):
+    _bb = f"convnext_{_size}"
+    PRESETS[f"coco/kmax_{_bb}"] = _named(
+        (lambda bb=_bb, s=_size: _coco(bb, _CONVNEXT_DROP_PATH["coco"][s])), f"coco/kmax_{_bb}")
+    PRESETS[f"cityscapes/kmax_{_bb}"] = _named(
+        (lambda bb=_bb, s=_size: _cityscapes(bb, _CONVNEXT_DROP_PATH["cityscapes"][s])),
+        f"cityscapes/kmax_{_bb}")
+    for _px in (641, 1281):
+        PRESETS[f"ade20k/kmax_{_bb}_{_px}"] = _named(
+            (lambda bb=_bb, s=_size, px=_px: _ade20k(bb, _CONVNEXT_DROP_PATH["ade20k"][s], px)),
+            f"ade20k/kmax_{_bb}_{_px}")
+
+
+def list_presets() -> list[str]:
+    """Return the sorted preset names."""
+    return sorted(PRESETS)
+
+
+def get_preset(name: str) -> Config:
+    """Return a fresh :class:`Config` for preset ``name``.
+
+    Raises:
+        KeyError: unknown preset; the message lists the valid names.
+    """
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise KeyError(f"unknown preset {name!r}; available: {', '.join(list_presets())}") from None

@@ -1,0 +1,1 @@
+"""kmax package."""
