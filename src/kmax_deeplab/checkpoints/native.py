@@ -1,0 +1,65 @@
+"""The native checkpoint format: ``model.safetensors`` + ``config.yaml`` in one folder.
+
+``kmax convert`` writes it, the model zoo caches it, ``Predictor.from_pretrained`` and the
+trainer's exports read it. Both files are written atomically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from kmax_deeplab.config import Config, load_config, save_config
+from kmax_deeplab.fileio import atomic_path
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.yaml"
+
+
+def save_native(directory: str | Path, state_dict: Mapping[str, torch.Tensor], cfg: Config,
+                metadata: Mapping[str, str] | None = None) -> Path:
+    """Write ``state_dict`` and ``cfg`` into ``directory`` (created if needed).
+
+    Args:
+        directory: output folder; gets ``model.safetensors`` and ``config.yaml``.
+        state_dict: name -> tensor (made contiguous and detached; shared storage copied).
+        cfg: the :class:`Config` that builds the model.
+        metadata: optional string metadata stored in the safetensors header (e.g. source).
+
+    Returns:
+        The folder path.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().clone() for k, v in state_dict.items()}
+    with atomic_path(directory / WEIGHTS_NAME) as tmp:
+        save_file(tensors, str(tmp), metadata=dict(metadata or {}))
+    with atomic_path(directory / CONFIG_NAME) as tmp:
+        save_config(cfg, tmp)
+    return directory
+
+
+def load_native(directory: str | Path, device: str | torch.device = "cpu") -> tuple[Config, dict[str, torch.Tensor]]:
+    """Read a folder written by :func:`save_native`.
+
+    Returns:
+        ``(cfg, state_dict)``.
+
+    Raises:
+        FileNotFoundError: the folder lacks ``model.safetensors`` or ``config.yaml``.
+        ValueError: the config is malformed, or the weights file is not valid safetensors.
+    """
+    directory = Path(directory)
+    weights, config = directory / WEIGHTS_NAME, directory / CONFIG_NAME
+    for p in (weights, config):
+        if not p.is_file():
+            raise FileNotFoundError(f"{directory}: not a kmax-deeplab checkpoint folder ({p.name} is missing)")
+    cfg = load_config(config)
+    try:
+        state = load_file(str(weights), device=str(device))
+    except Exception as e:  # safetensors raises its own error types
+        raise ValueError(f"{weights}: cannot read safetensors weights ({e})") from None
+    return cfg, state
