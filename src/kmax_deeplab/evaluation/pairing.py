@@ -118,11 +118,17 @@ def pair_segments(
         The :class:`SegmentPairing`.
 
     Raises:
-        PanopticEvaluationError: size mismatch; an id in a PNG but not in its
+        PanopticEvaluationError: GT lists id 0 (VOID); size mismatch; an id in a PNG but not in its
             ``segments_info`` (id 0 excepted) or listed but absent from the PNG;
             duplicate ids. Messages name the image and the segment ids.
     """
     gt_segments = _check_segments(gt_segments, "ground-truth", image_id)
+    if any(s["id"] == 0 for s in gt_segments):
+        # panopticapi would count these pixels both as VOID and as a segment (the IoU
+        # union can then be 0 and PQ infinite): reject instead of a silent wrong answer.
+        raise PanopticEvaluationError(
+            f"image {image_id!r}: ground-truth segments_info lists id 0, which is VOID in "
+            f"panoptic ground truth")
     pred_segments = _check_segments(pred_segments, "predicted", image_id)
     gt_panoptic = np.asarray(gt_panoptic)
     pred_panoptic = np.asarray(pred_panoptic)
