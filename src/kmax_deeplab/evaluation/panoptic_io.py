@@ -42,11 +42,10 @@ def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
     if rgb.dtype != np.uint8:
         c = rgb.astype(np.uint32)
         return c[..., 0] + 256 * c[..., 1] + 65536 * c[..., 2]
-    h, w = rgb.shape[:2]
-    # [H, W, 3] uint8 -> [H, W, 4] uint8 (4th byte 0) -> [H, W] little-endian uint32.
-    buf = np.zeros((h, w, 4), dtype=np.uint8)
-    buf[..., :3] = rgb[..., :3]
-    return buf.view("<u4")[..., 0].astype(np.uint32, copy=False)
+    ids = rgb[..., 2].astype(np.uint32) << 16
+    ids |= rgb[..., 1].astype(np.uint32) << 8
+    ids |= rgb[..., 0]
+    return ids
 
 
 def read_panoptic_png(path: str | os.PathLike, *, image_id: Any = None) -> np.ndarray:
@@ -61,6 +60,12 @@ def read_panoptic_png(path: str | os.PathLike, *, image_id: Any = None) -> np.nd
     try:
         with Image.open(path) as img:
             img.load()
+            if img.mode in ("RGB", "RGBA"):
+                # Pillow keeps 4 bytes per pixel: one packed copy, viewed as little-endian
+                # uint32, alpha/padding byte masked off -> [H, W] ids (no per-channel math).
+                raw = img.tobytes("raw", "RGBX" if img.mode == "RGB" else "RGBA")
+                ids = np.frombuffer(raw, dtype="<u4").reshape(img.height, img.width)
+                return (ids & np.uint32(0xFFFFFF)).astype(np.uint32, copy=False)
             arr = np.asarray(img)
     except (OSError, SyntaxError, ValueError) as exc:
         what = f" (image {image_id!r})" if image_id is not None else ""
