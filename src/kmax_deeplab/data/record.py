@@ -39,16 +39,30 @@ def build_sample(record: dict[str, Any], meta: DatasetMeta) -> dict[str, Any]:
         ``[M]``, ``image_id``, ``file_name``, ``height``, ``width``, ``valid_size``.
     """
     ids = record["panoptic"]
-    present = set(np.unique(ids).tolist())
-    segs = [s for s in record["segments"] if s["id"] in present and s["id"] != PAD_ID]
-    seg_ids = np.array([s["id"] for s in segs], dtype=np.int64)
-    # [H, W] ids vs [M] ids -> [M, H, W] boolean masks.
-    masks = ids[None, :, :] == seg_ids[:, None, None]
+    all_ids = np.array([s["id"] for s in record["segments"]], dtype=np.int64)
+    # Index of each pixel's segment in ``record["segments"]`` (-1: unlisted/void/padding),
+    # via a sorted lookup: [H, W] ids -> [H, W] segment index.
+    order = np.argsort(all_ids, kind="stable")
+    index = np.full(ids.shape, -1, dtype=np.int64)
+    if all_ids.size:
+        pos = np.minimum(np.searchsorted(all_ids[order], ids), all_ids.size - 1)
+        hit = (all_ids[order][pos] == ids) & (ids != PAD_ID)
+        index[hit] = order[pos[hit]]
+    present = np.zeros(all_ids.size + 1, dtype=bool)
+    present[np.unique(index) + 1] = True
+    keep = np.flatnonzero(present[1:])  # segments that still have pixels, in listed order
+    segs = [record["segments"][k] for k in keep]
+    seg_ids = all_ids[keep]
+    # [H, W] segment index vs [M] kept indices -> [M, H, W] boolean masks.
+    masks = index[None, :, :] == keep[:, None, None]
     labels = np.array([s["train_id"] for s in segs], dtype=np.int64)
     crowd = np.array([bool(s["iscrowd"]) for s in segs], dtype=bool)
-    semantic = np.full(ids.shape, meta.num_classes, dtype=np.int64)
-    for k in np.flatnonzero(~crowd):
-        semantic[masks[k]] = labels[k]
+    # Per listed segment: its semantic label, or C for crowd; index -1 (last entry) -> C.
+    lut = np.full(all_ids.size + 1, meta.num_classes, dtype=np.int64)
+    for s_k, k in zip(segs, keep):
+        if not s_k["iscrowd"]:
+            lut[k] = s_k["train_id"]
+    semantic = lut[index]
     void = semantic == meta.num_classes
     image = np.ascontiguousarray(record["image"].transpose(2, 0, 1), dtype=np.float32)
     h, w = ids.shape
