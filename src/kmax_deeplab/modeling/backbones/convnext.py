@@ -111,7 +111,8 @@ class ConvNeXt(Backbone):
                 LayerNorm2d(dims[i], eps=LN_EPS),
                 nn.Conv2d(dims[i], dims[i + 1], kernel_size=2, stride=2)))
 
-        rates = torch.linspace(0, drop_path, sum(depths)).tolist()
+        # float32 linspace on the CPU, as BD computes it (also under a meta default device).
+        rates = torch.linspace(0, drop_path, sum(depths), device="cpu").tolist()
         self.stages = nn.ModuleList()
         start = 0
         for depth, dim in zip(depths, dims):
