@@ -447,6 +447,11 @@ def test_frozen_batch_norm_equals_batch_norm_in_eval():
     x = torch.randn(2, 5, 7, 3)
     torch.testing.assert_close(frozen(x), bn(x))
     assert list(frozen.parameters()) == []
+    # a TF-converted state dict has no step counter; both classes accept it
+    state = {k: v for k, v in bn.state_dict().items() if k != "num_batches_tracked"}
+    fresh = FrozenBatchNorm2d(5)
+    fresh.load_state_dict(state, strict=True)
+    torch.testing.assert_close(fresh(x), bn(x))
 
 
 def test_frozen_bn_backbone_same_keys_and_outputs():

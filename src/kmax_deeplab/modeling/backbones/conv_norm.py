@@ -57,6 +57,14 @@ class FrozenBatchNorm2d(nn.Module):
         # [D] -> [1, D, 1, 1] to broadcast over batch and space.
         return x * scale.to(x.dtype).view(1, -1, 1, 1) + shift.to(x.dtype).view(1, -1, 1, 1)
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # Like BatchNorm2d, accept checkpoints without the step counter (TF-converted ones).
+        state_dict.setdefault(prefix + "num_batches_tracked",
+                              torch.tensor(0, dtype=torch.long))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
     @classmethod
     def from_batch_norm(cls, bn: nn.modules.batchnorm._BatchNorm) -> FrozenBatchNorm2d:
         """A frozen copy of a (Sync)BatchNorm's current affine parameters and statistics."""
