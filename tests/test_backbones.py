@@ -495,3 +495,20 @@ def test_errors_are_clear():
         backbone(torch.zeros(1, 3, 33, 33, dtype=torch.uint8))
     with pytest.raises(KeyError, match="res6"):
         backbone.feature_spec("res6")
+
+
+@pytest.mark.parametrize("norm", ["BN", "FrozenBN"])
+def test_backbones_run_under_cpu_autocast(norm):
+    # The AMP path: convs in bf16, LayerNorms in fp32 islands; outputs stay finite and close.
+    # (The output dtype is whatever type promotion gives, e.g. fp32 after ConvNeXt's fp32 γ.)
+    models = [build_backbone("resnet_tiny", norm=norm).eval(),
+              ConvNeXt((1, 1, 1, 1), (8, 16, 32, 64)).eval()]
+    x = torch.randn(1, 3, 33, 33)
+    for model in models:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+        assert out["res5"].dtype in (torch.bfloat16, torch.float32)
+        assert all(torch.isfinite(v.float()).all() for v in out.values())
+        with torch.no_grad():
+            ref = model(x)["res5"]
+        torch.testing.assert_close(out["res5"].float(), ref, rtol=0.1, atol=0.1)
