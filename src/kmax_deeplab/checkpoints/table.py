@@ -4,7 +4,7 @@ A row is ``(foreign-name regex, our-name template, tensor transform)``. The firs
 whose regex fully matches a foreign name converts it. Templates are ``str.format``
 strings over the regex's named groups with a few conversions in the format spec:
 
-- ``{b:-1}``: the integer group minus one (TF 1-based blocks -> 0-based);
+- ``{b:-1}`` / ``{b:+1}``: the integer group minus / plus one (TF 1-based blocks -> 0-based);
 - ``{p:bn}``: TF batch-norm names (``gamma, beta, moving_mean, moving_variance``) ->
   ``weight, bias, running_mean, running_var``;
 - ``{p:wb}``: ``kernel`` -> ``weight``, ``bias`` -> ``bias``.
@@ -30,6 +30,7 @@ __all__ = [
     "apply_rows",
     "check_against_target",
     "target_shapes",
+    "to_tensor",
 ]
 
 Transform = Callable[[np.ndarray], np.ndarray]
@@ -51,8 +52,8 @@ _WB = {"kernel": "weight", "bias": "bias", "depthwise_kernel": "weight"}
 
 class _Formatter(string.Formatter):
     def format_field(self, value, format_spec):  # noqa: D102 - see module docstring
-        if format_spec == "-1":
-            return str(int(value) - 1)
+        if format_spec in ("-1", "+1"):
+            return str(int(value) + int(format_spec))
         if format_spec == "bn":
             return _BN[value]
         if format_spec == "wb":
@@ -133,6 +134,13 @@ def target_shapes(target: torch.nn.Module | Mapping[str, object]) -> dict[str, t
     return out
 
 
+def to_tensor(a: np.ndarray) -> torch.Tensor:
+    """numpy -> torch without changing the shape (``np.ascontiguousarray`` would make 0-d arrays 1-d)."""
+    if not (a.flags.c_contiguous and a.flags.writeable):
+        a = np.array(a, order="C", copy=True)
+    return torch.from_numpy(a)
+
+
 def _listing(names: Iterable[str], limit: int = 20) -> str:
     names = sorted(names)
     head = ", ".join(names[:limit])
@@ -173,7 +181,7 @@ def check_against_target(converted: Mapping[str, np.ndarray], target: Mapping[st
                 shape_bad.append(f"{k} (from {origin.get(k, k)}): checkpoint {list(v.shape)} vs model "
                                  f"{list(target[k])}")
             else:
-                out[k] = torch.from_numpy(np.ascontiguousarray(v))
+                out[k] = to_tensor(v)
     extra = [origin.get(k, k) for k in converted if k not in target] + list(unmatched)
     for k, shape in target.items():
         if k not in out and k.endswith("num_batches_tracked") and k not in converted:
