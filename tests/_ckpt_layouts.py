@@ -59,5 +59,5 @@ def random_tf_variables(layouts: Path, backbone: str, seed: int = 0) -> dict[str
     """deeplab2 TF variables (full names) with random float32 values; the object graph is skipped."""
     rng = np.random.default_rng(seed)
     tf = read_tsv(layouts / f"deeplab2_kmax_{backbone}_coco.variables.tsv")
-    return {k: rng.standard_normal(s).astype(np.float32) for k, s in tf.items()
-            if k not in ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter", "global_step")}
+    return {k: rng.random(s, dtype=np.float32) - 0.5 for k, s in tf.items()
+            if k.split("/")[0] not in ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter", "global_step")}
