@@ -201,32 +201,6 @@ def _tiny_model():
     return cfg, build_kmax(cfg, backbone=StandInBackbone((8, 16, 24, 32, 48)))
 
 
-@pytest.mark.slow
-def test_tiny_forward_backward_every_parameter_gets_a_gradient():
-    cfg, model = _tiny_model()
-    model.train()
-    images = torch.rand(2, 3, 129, 129) * 255
-    out = model(images)
-    n, c = cfg.num_queries, cfg.num_classes
-    assert out["pred_logits"].shape == (2, n, c + 1)
-    assert out["pred_masks"].shape == (2, n, 33, 33)
-    assert out["pixel_feature"].shape == (2, cfg.pixel_feature_dim, 33, 33)
-    assert out["semantic_logits"].shape == (2, c + 1, 33, 33)
-    assert len(out["aux_outputs"]) == sum(cfg.transformer_layers)
-    for aux in out["aux_outputs"]:
-        assert aux["pred_logits"].shape == (2, n, c + 1)
-        assert aux["pred_masks"].shape == (2, n, 33, 33)
-        assert aux["pixel_feature"].shape == (2, cfg.pixel_feature_dim, 33, 33)
-    tensors = [out["pred_logits"], out["pred_masks"], out["pixel_feature"], out["semantic_logits"]]
-    tensors += [t for aux in out["aux_outputs"] for t in aux.values()]
-    assert all(torch.isfinite(t).all() for t in tensors)
-    sum(t.sum() for t in tensors).backward()
-    # The stand-in's stem conv is unused without the stem skip; everything else must train.
-    missing = [name for name, p in model.named_parameters()
-               if p.grad is None and name not in ("backbone.convs.0.weight", "backbone.convs.0.bias")]
-    assert missing == []
-
-
 def test_eval_mode_has_no_semantic_logits_and_validates_input():
     _, model = _tiny_model()
     model.eval()
@@ -279,3 +253,41 @@ def test_sync_batchnorm_conversion_keeps_keys():
     cfg.norm = "SyncBN"
     direct = build_kmax(cfg, backbone=StandInBackbone((8, 16, 24, 32, 48)))
     assert list(direct.state_dict()) == keys
+
+
+@torch.no_grad()
+def test_layer_self_attention_reads_pre_update_query_space():
+    from kmax_deeplab.modeling.kmax import KMaXTransformerLayer
+
+    torch.manual_seed(0)
+    layer = KMaXTransformerLayer(12, 5, hidden_dim=16, key_dim=8, value_dim=16, ffn_dim=32, num_heads=2,
+                                 pixel_feature_dim=8).eval()
+    nn.init.constant_(layer._kmeans_query_conv3_bn.norm.weight, 5.0)  # a large k-means update
+    seen = {}
+    layer._query_qkv_conv_bn.register_forward_pre_hook(lambda m, a: seen.setdefault("qkv_in", a[0]))
+    query = torch.randn(2, 16, 4)
+    pixels = torch.randn(2, 12, 5, 5)
+    new_query, pred = layer(pixels, query)
+    torch.testing.assert_close(seen["qkv_in"], layer._query_conv1_bn_act(query))
+    # The k-means step alone, recomputed from the layer predictor's mask logits.
+    pixel_space = layer._pixel_conv1_bn_act(nn.functional.gelu(pixels))
+    value = layer._pixel_v_conv_bn(pixel_space).flatten(2)
+    update = kmeans_update(kmeans_assignment(pred["mask_logits"]), value)
+    after_kmeans = query + layer._kmeans_query_conv3_bn(layer._kmeans_query_batch_norm_retrieved_value(update))
+    qkv = layer._query_qkv_conv_bn(layer._query_conv1_bn_act(query))
+    q, k, v = torch.split(qkv, [8, 8, 16], dim=1)
+    attn = layer._query_self_attention(q.reshape(2, 2, 4, 4), k.reshape(2, 2, 4, 4), v.reshape(2, 2, 8, 4))
+    x = nn.functional.gelu(after_kmeans + layer._query_conv3_bn(attn))
+    x = nn.functional.gelu(x + layer._query_ffn_conv2_bn(layer._query_ffn_conv1_bn_act(x)))
+    torch.testing.assert_close(new_query, x)
+
+
+def test_deeplab2_reference_activates_low_level_features_for_convnext_only():
+    for backbone, reference, expected in [("convnext_tiny", "deeplab2", True), ("convnext_tiny", "bytedance", False),
+                                          ("resnet50", "deeplab2", False)]:
+        cfg = get_preset("coco/kmax_r50").model
+        cfg.backbone, cfg.reference = backbone, reference
+        channels = CONVNEXT["tiny"] if backbone.startswith("convnext") else R50
+        with torch.device("meta"):
+            model = build_kmax(cfg, backbone=StandInBackbone(channels))
+        assert model.predictor._auxiliary_semantic_predictor.activate_low_level is expected
