@@ -92,3 +92,15 @@ def test_r50_coco_output_shapes_at_1281():
         assert aux["pixel_feature"].shape == (1, 128, 321, 321)
     assert "semantic_logits" not in out
     assert torch.isfinite(out["pred_masks"]).all()
+
+
+def test_tiny_cityscapes_variant_stem_stage_and_head_only_semantic_logits():
+    cfg = get_preset("synthetic/kmax_tiny").model
+    cfg.use_stem_skip, cfg.aux_semantic = True, "head"
+    torch.manual_seed(0)
+    model = build_kmax(cfg).train()
+    assert len(model.pixel_decoder._stages) == 5
+    out = model(torch.rand(2, 3, 129, 129) * 255)
+    # BD stem skip is stride 4 (post max-pool), so masks stay at 33x33; the head sees res5 (5x5).
+    assert out["pred_masks"].shape == (2, cfg.num_queries, 33, 33)
+    assert out["semantic_logits"].shape == (2, cfg.num_classes, 5, 5)

@@ -143,7 +143,9 @@ class ResizedFuse(nn.Module):
 
     def __init__(self, low_channels: int, high_channels: int, out_channels: int, *, norm: str = "BN") -> None:
         super().__init__()
-        self._conv_bn_low = ConvNormAct(low_channels, out_channels, 1, norm=norm) if low_channels != out_channels else None
+        self._conv_bn_low = (
+            ConvNormAct(low_channels, out_channels, 1, norm=norm) if low_channels != out_channels else None
+        )
         self._conv_bn_high = (
             ConvNormAct(high_channels, out_channels, 1, norm=norm) if high_channels != out_channels else None
         )

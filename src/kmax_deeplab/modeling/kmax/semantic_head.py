@@ -30,6 +30,9 @@ class ASPP(nn.Module):
         rates: dilation rates of the 3×3 branches (6, 12, 18).
         dropout: dropout after the projection (0.1).
         norm: batch-norm kind.
+
+    Note: the pooling branch's BN sees one value per channel and image, so training
+    needs more than one image per BN (batch >= 2 per device, or SyncBN across devices).
     """
 
     def __init__(self, in_channels: int, channels: int = 256, rates: Sequence[int] = (6, 12, 18), *,
