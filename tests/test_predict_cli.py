@@ -21,9 +21,10 @@ from predict_fakes import BrightnessModel, coco_meta_from_json
 pq_compute = pytest.importorskip("panopticapi.evaluation").pq_compute
 
 OPTS = ["model.num_classes=133", "data.dataset=coco", "model.image_size=[129,129]",
-        # random weights: class probabilities are ~1/134, so let every query through
+        # Random weights: class probabilities are ~1/134 and mask probabilities ~1/N, so let
+        # every query through; the first-ranked query then takes every pixel.
         "postprocess.thing_threshold=0.0", "postprocess.stuff_threshold=0.0",
-        "postprocess.overlap_threshold=0.0"]
+        "postprocess.overlap_threshold=0.0", "postprocess.pixel_confidence_threshold=0.0"]
 
 
 @pytest.fixture
@@ -65,6 +66,7 @@ def test_id_png_encoding_roundtrips():
         id_to_rgb(np.array([[256 ** 3]]))
 
 
+@pytest.mark.slow
 def test_predict_writes_a_valid_panopticapi_prediction_set(tmp_path, coco_sample, stand_ins,
                                                            capsys):
     sample = coco_sample / "sample_data"

@@ -148,3 +148,26 @@ def test_weights_that_do_not_fit_are_rejected_with_the_keys(tmp_path, fake_build
     (tmp_path / "w.pth").write_bytes(b"x")
     with pytest.raises(ValueError, match="w.pth.*kmax convert"):
         Predictor.from_config(tiny_cfg(), tmp_path / "w.pth", meta=small_meta())
+
+
+@pytest.mark.slow
+def test_tiny_preset_with_random_weights_on_odd_sizes():
+    """The real model (tiny preset, random weights) through the whole path."""
+    if not hasattr(kmax_pkg, "build_kmax"):
+        pytest.skip("build_kmax has not landed in this checkout")
+    pytest.importorskip("kmax_deeplab.data.catalog")
+    cfg = apply_overrides(get_preset("synthetic/kmax_tiny"), [
+        "postprocess.thing_threshold=0.0", "postprocess.stuff_threshold=0.0",
+        "postprocess.overlap_threshold=0.0", "postprocess.pixel_confidence_threshold=0.0"])
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        pred = Predictor.from_config(cfg, None, batch_size=2)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in [(45, 97), (130, 31)]]
+    results = pred(images + [Image.fromarray(images[0])], semantic=True)
+    for r, (h, w) in zip(results, [(45, 97), (130, 31), (45, 97)]):
+        check_result(r, h, w)
+        assert len(r["segments_info"]) == 1  # pixel threshold 0: the top query takes all
+        assert r["semantic"].shape == (h, w) and r["semantic"].max() < 7
+    assert np.array_equal(results[0]["panoptic"], results[2]["panoptic"])
