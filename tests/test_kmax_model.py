@@ -54,6 +54,7 @@ def test_parameter_counts_match_spec_table(preset, inference, with_aux):
         assert abs(total - with_aux) < 0.1
 
 
+@pytest.mark.slow  # ~1-3 s warm, >10 s on a loaded 2-core VM (first model forward)
 def test_tiny_preset_forward_backward_with_real_backbone():
     cfg = get_preset("synthetic/kmax_tiny").model
     torch.manual_seed(0)
@@ -94,6 +95,7 @@ def test_r50_coco_output_shapes_at_1281():
     assert torch.isfinite(out["pred_masks"]).all()
 
 
+@pytest.mark.slow  # ~1-3 s warm, >10 s on a loaded 2-core VM (first model forward)
 def test_tiny_cityscapes_variant_stem_stage_and_head_only_semantic_logits():
     cfg = get_preset("synthetic/kmax_tiny").model
     cfg.use_stem_skip, cfg.aux_semantic = True, "head"
