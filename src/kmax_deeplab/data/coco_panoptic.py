@@ -130,9 +130,11 @@ class COCOPanopticDataset(Dataset):
         """Read and check sample ``index`` before any transform.
 
         Returns:
-            dict with ``image`` float32 ``[H, W, 3]``, ``panoptic`` int64 ``[H, W]`` segment
+            dict with ``image`` uint8 ``[H, W, 3]``, ``panoptic`` int32 ``[H, W]`` segment
             ids (0 = void unless listed), ``segments`` (list of ``{"id", "category_id",
-            "train_id", "iscrowd"}``), ``image_id``, ``file_name``, ``height``, ``width``.
+            "train_id", "iscrowd", "isthing"}``), ``image_id``, ``file_name``, ``height``,
+            ``width``. (Compact dtypes: the transforms move few bytes; ``build_sample``
+            makes the float32 image.)
 
         Raises:
             PanopticDataError: see the class docstring.
@@ -142,8 +144,8 @@ class COCOPanopticDataset(Dataset):
         png_path = self.panoptic_dir / rec["panoptic_file"]
         if not png_path.is_file():
             raise PanopticDataError(f"{png_path}: panoptic PNG not found (image_id {rec['image_id']!r})")
-        image = load_rgb_image(image_path)
-        ids = load_panoptic_png(png_path)
+        image = load_rgb_image(image_path, dtype=np.uint8)
+        ids = load_panoptic_png(png_path).astype(np.int32)  # ids < 256**3 fit
         h, w = image.shape[:2]
         if ids.shape != (h, w):
             raise PanopticDataError(
@@ -178,7 +180,8 @@ class COCOPanopticDataset(Dataset):
                         f"{png_path}: segment {sid} has unknown category id {cid} for dataset {meta.name}")
                 tid = meta.category_id_to_train_id[cid]
             segments.append({"id": sid, "category_id": meta.train_id_to_category_id[tid],
-                             "train_id": tid, "iscrowd": int(bool(s.get("iscrowd", 0)))})
+                             "train_id": tid, "iscrowd": int(bool(s.get("iscrowd", 0))),
+                             "isthing": bool(meta.is_thing(tid))})
         present = set(np.unique(ids).tolist())
         unlisted = sorted(present - seen - {0})
         if unlisted:
