@@ -48,7 +48,10 @@ class COCOPanopticDataset(Dataset):
         panoptic_dir: folder of the panoptic PNGs.
         meta: the dataset's :class:`~kmax_deeplab.data.catalog.DatasetMeta`.
         transforms: callable ``(record, rng) -> record`` applied jointly to image and ids
-            (see :mod:`kmax_deeplab.data.transforms`); ``None`` keeps the original size.
+            (see :mod:`kmax_deeplab.data.transforms`); ``None`` keeps the original size. A
+            transform with ``needs_second_sample = True`` (copy-paste,
+            :class:`~kmax_deeplab.data.copy_paste.PanopticCopyPaste`) is called as
+            ``(record, rng, second_record)`` with another sample drawn from the same ``rng``.
         on_bad_sample: ``"raise"`` (default) or ``"skip"``: warn, naming file and problem,
             and return the next valid sample instead.
         category_id_is_train_id: ``category_id`` in ``segments_info`` is the contiguous
@@ -203,8 +206,31 @@ class COCOPanopticDataset(Dataset):
         """Return sample ``index`` or raise :class:`PanopticDataError` (no skipping)."""
         record = self.load_record(index)
         if self.transforms is not None:
-            record = self.transforms(record, self._rng(index))
+            rng = self._rng(index)
+            if getattr(self.transforms, "needs_second_sample", False):
+                record = self.transforms(record, rng, self._second_record(index, rng))
+            else:
+                record = self.transforms(record, rng)
         return build_sample(record, self.meta)
+
+    def _second_record(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
+        """Record to paste onto sample ``index`` (copy-paste): BD's ``(index + U{0..n-1}) % n``.
+
+        With ``on_bad_sample="skip"`` a bad draw is warned about, remembered and re-drawn.
+        """
+        n = len(self)
+        for _ in range(n):
+            j = (index + int(rng.integers(0, n))) % n
+            if j in self._bad:
+                continue
+            try:
+                return self.load_record(j)
+            except PanopticDataError as e:
+                if self.on_bad_sample == "raise":
+                    raise PanopticDataError(f"copy-paste partner #{j} of sample #{index}: {e}") from e
+                self._bad.add(j)
+                warnings.warn(f"skipping bad copy-paste sample #{j}: {e}", RuntimeWarning, stacklevel=3)
+        raise PanopticDataError(f"{self.panoptic_json}: no valid copy-paste sample found for #{index}")
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if self.on_bad_sample == "raise":

@@ -294,12 +294,30 @@ class Compose:
         return record
 
 
-def build_transforms(data_cfg: Any, is_train: bool) -> Callable[[Record, np.random.Generator], Record]:
+def build_transforms(data_cfg: Any, is_train: bool) -> Callable[..., Record]:
     """Build the transform for a DataConfig-like section (duck typed; spec §4).
 
-    Reads ``crop_size``, ``min_scale``, ``max_scale``, ``flip``, ``min_valid_pixels``.
+    Training (BD recipe): :class:`LargeScaleJitter` with SSD colour jitter
+    (``color_jitter``, default on) and, when ``copy_paste`` (default on), a
+    :class:`~kmax_deeplab.data.copy_paste.PanopticCopyPaste` whose pasted image uses the
+    halved scale range. Reads ``crop_size``, ``min_scale``, ``max_scale``, ``flip``,
+    ``min_valid_pixels`` and optionally ``color_jitter``, ``copy_paste``. Test time:
+    :class:`ResizeLongestAndPad`.
+
+    Returns:
+        ``(record, rng) -> record``, or ``(record, rng, second) -> record`` for copy-paste
+        (attribute ``needs_second_sample``; :class:`COCOPanopticDataset` handles both).
     """
-    if is_train:
-        return LargeScaleJitter(data_cfg.crop_size, data_cfg.min_scale, data_cfg.max_scale,
-                                flip=data_cfg.flip, min_valid_pixels=data_cfg.min_valid_pixels)
-    return ResizeLongestAndPad(data_cfg.crop_size)
+    if not is_train:
+        return ResizeLongestAndPad(data_cfg.crop_size)
+    jitter = ColorAugSSD() if getattr(data_cfg, "color_jitter", True) else None
+    main = LargeScaleJitter(data_cfg.crop_size, data_cfg.min_scale, data_cfg.max_scale, flip=data_cfg.flip,
+                            min_valid_pixels=data_cfg.min_valid_pixels, color_jitter=jitter)
+    if not getattr(data_cfg, "copy_paste", True):
+        return main
+    from kmax_deeplab.data.copy_paste import PanopticCopyPaste  # copy_paste imports this module
+
+    # BD build_transform_gen(cfg, is_train, scale_ratio=0.5) for the pasted image.
+    second = LargeScaleJitter(data_cfg.crop_size, 0.5 * data_cfg.min_scale, 0.5 * data_cfg.max_scale,
+                              flip=data_cfg.flip, min_valid_pixels=-1, color_jitter=jitter)
+    return PanopticCopyPaste(main, second, min_valid_pixels=data_cfg.min_valid_pixels)
