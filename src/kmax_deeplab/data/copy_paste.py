@@ -100,22 +100,32 @@ def paste_panoptic(first: Record, second: Record, rng: np.random.Generator) -> R
     image[:h2, :w2][paste] = second["image"][:h2, :w2][paste]
 
     # Step 5: merge pasted stuff into a remaining non-crowd main segment of the same class.
-    present = set(np.unique(ids).tolist())
-    main_stuff: dict[int, int] = {}
+    # Presence is tested per class actually pasted (a few full-canvas comparisons, no unique()).
+    first_by_class: dict[int, list[int]] = {}
     for s in first["segments"]:
-        if not s["iscrowd"] and int(s["id"]) in present:
-            main_stuff.setdefault(int(s["train_id"]), int(s["id"]))
+        if not s["iscrowd"]:
+            first_by_class.setdefault(int(s["train_id"]), []).append(int(s["id"]))
+    merge_into: dict[int, int] = {}  # stuff train id -> segment id that absorbs later pasted stuff
+
+    def target_of(train_id: int) -> int | None:
+        if train_id not in merge_into:
+            alive = [sid for sid in first_by_class.get(train_id, ()) if (ids == sid).any()]
+            if alive:
+                merge_into[train_id] = alive[0]
+        return merge_into.get(train_id)
+
     segments = [dict(s) for s in first["segments"]]
     region = ids[:h2, :w2]
-    pasted_present = set(np.unique(region2[paste]).tolist())
     for s in chosen:
         new_id = int(s["id"]) + PASTE_ID_OFFSET
-        stuff = not _isthing(s, second)
-        if stuff and int(s["train_id"]) in main_stuff:
-            region[region == new_id] = main_stuff[int(s["train_id"])]
-            continue
-        if stuff and int(s["id"]) in pasted_present:
-            main_stuff[int(s["train_id"])] = new_id  # a later pasted segment of this class merges here
+        if not _isthing(s, second):
+            tid = int(s["train_id"])
+            target = target_of(tid)
+            if target is not None:
+                region[region == new_id] = target
+                continue
+            if (region == new_id).any():
+                merge_into[tid] = new_id  # a later pasted segment of this class merges here
         segments.append({**s, "id": new_id, "pasted": True})
 
     h1, w1 = first.get("valid_size", ids1.shape)

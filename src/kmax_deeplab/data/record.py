@@ -47,7 +47,8 @@ def build_sample(record: dict[str, Any], meta: DatasetMeta) -> dict[str, Any]:
     # Index of each pixel's segment in ``record["segments"]`` (-1: unlisted/void/padding),
     # via a sorted lookup: [H, W] ids -> [H, W] segment index.
     order = np.argsort(all_ids, kind="stable")
-    index = np.full(ids.shape, -1, dtype=np.int32)
+    index_dtype = np.int16 if n < 2**15 - 1 else np.int32  # small: the mask comparison below is memory-bound
+    index = np.full(ids.shape, -1, dtype=index_dtype)
     if n:
         sorted_ids = all_ids[order]
         if ids.dtype == np.int32 and -2**31 <= sorted_ids[0] and sorted_ids[-1] < 2**31:
@@ -60,14 +61,9 @@ def build_sample(record: dict[str, Any], meta: DatasetMeta) -> dict[str, Any]:
     segs = [record["segments"][k] for k in keep]
     seg_ids = all_ids[keep]
     m = keep.size
-    # Row of each pixel in the mask stack (m = "no kept segment", a scratch row dropped below).
-    row = np.full(n + 1, m, dtype=np.int64)
-    row[keep + 1] = np.arange(m)
     h, w = ids.shape
-    # One scatter instead of m full-canvas comparisons: [H*W] rows -> [m + 1, H*W] one-hot.
-    stack = np.zeros((m + 1, h * w), dtype=bool)
-    stack[row[index.ravel() + 1], np.arange(h * w)] = True
-    masks = stack[:m].reshape(m, h, w)
+    # [H, W] segment index vs [M] kept indices -> [M, H, W] boolean masks.
+    masks = index[None, :, :] == keep.astype(index_dtype)[:, None, None]
     labels = np.array([s["train_id"] for s in segs], dtype=np.int64)
     crowd = np.array([bool(s["iscrowd"]) for s in segs], dtype=bool)
     # Per listed segment: its semantic label, or C for crowd; index -1 (first entry) -> C.
