@@ -1,39 +1,43 @@
 """Exact fast decoding of 8-bit RGB/RGBA panoptic PNGs straight to segment ids.
 
-Pillow spends most of a panoptic PNG's decode time in zlib's inflate (about 47 of
-~95 ms for a 1024x2048 image on a 2-core VM). This module parses the PNG chunks
-itself (PNG spec, ISO/IEC 15948 §5, §11), inflates the IDAT stream with
-libdeflate (the optional ``deflate`` package, extra ``kmax-deeplab[fast]``; the
-standard library's ``zlib`` otherwise) and undoes the scanline filters
-(spec §9) with numpy:
+Pillow spends most of a panoptic PNG's decode time in zlib 1.2's inflate (about 47
+of ~95 ms for a 1024x2048 image on a 2-core VM) and in its scanline unfiltering.
+This module parses the PNG chunks itself (PNG spec, ISO/IEC 15948 §5, §11; every
+CRC checked), inflates the IDAT stream with libdeflate (the optional ``deflate``
+package, extra ``kmax-deeplab[fast]``; the standard library's ``zlib`` otherwise)
+and undoes the scanline filters (spec §9):
 
-* None/Sub rows do not depend on other rows: all at once (Sub is a per-channel
-  running sum mod 256 along the row);
-* a run of Up rows is a running sum mod 256 down the rows, started from the row
-  above;
-* Average/Paeth rows (sequential within a row) go through Pillow, packed into a
-  small PNG with uncompressed (stored) deflate blocks, together with the
-  reconstructed row above them.
+* with libspng (optional ``pyspng``, same extra): the inflated scanlines are
+  re-wrapped in stored (uncompressed) deflate blocks, which libspng only copies,
+  and libspng unfilters the whole image in C;
+* otherwise with numpy, row by row in order: None and Sub rows (a per-channel
+  running sum mod 256) need no other row and go first; each Up row is one
+  vector add of the row above; spans of Average/Paeth rows, which are sequential
+  within a row, are decoded by Pillow from a small stored-block PNG that starts
+  with the reconstructed row above them.
 
 Anything else (other bit depths or colour types, interlacing, an unknown chunk,
-a bad CRC or stream, a size mismatch) returns ``None`` so that the caller falls
-back to Pillow for the whole file: results, and errors, stay those of Pillow.
-Equality with Pillow is tested on the real PNGs in ``shared/data`` and on
-synthetic images with every filter type.
+a bad CRC or stream, a size mismatch, Pillow's decompression-bomb limit) returns
+``None`` so that the caller falls back to Pillow for the whole file: results, and
+errors, stay those of Pillow. Equality with Pillow is tested on the real PNGs in
+``shared/data`` and on synthetic images with every filter type, for each
+combination of accelerators.
 """
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 
 import numpy as np
+from PIL import Image
 
 try:  # optional accelerator: libdeflate inflates ~10-20x faster than zlib 1.2
     import deflate as _deflate
 except ImportError:  # pragma: no cover - depends on the environment
     _deflate = None
-try:  # optional accelerator: libspng unfilters Average/Paeth rows ~5x faster than Pillow
+try:  # optional accelerator: libspng unfilters ~5-10x faster than Pillow
     import pyspng as _pyspng
 except ImportError:  # pragma: no cover - depends on the environment
     _pyspng = None
@@ -48,14 +52,12 @@ _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _HARMLESS = frozenset(
     b"PLTE tRNS gAMA cHRM sRGB iCCP sBIT pHYs tEXt zTXt iTXt tIME bKGD eXIf hIST sPLT".split())
 _crc32 = _deflate.crc32 if _deflate is not None else zlib.crc32
-# Average/Paeth runs separated by fewer Up rows than this go to Pillow together.
+# Average/Paeth rows separated by fewer Up rows than this go to Pillow together.
 _MERGE_GAP = 4
 
 
 def _max_pixels() -> int:
     """Above Pillow's decompression-bomb limit Pillow decides (warning or error)."""
-    from PIL import Image
-
     limit = Image.MAX_IMAGE_PIXELS
     return 1 << 31 if limit is None else int(limit)
 
@@ -132,12 +134,47 @@ def decode_panoptic_png_ids(data: bytes) -> np.ndarray | None:
     raw = _inflate(b"".join(idat) if len(idat) > 1 else idat[0], height * (stride + 1))
     if raw is None:
         return None
+    if _pyspng is not None:
+        ids = _unfilter_libspng(raw, width, height, colour)
+        if ids is not None:
+            return ids
     rows = np.frombuffer(raw, dtype=np.uint8).reshape(height, stride + 1)
     if not rows.flags.writeable:
         rows = rows.copy()
     if not _unfilter(rows, width, colour):
         return None
     return _pack_ids(rows, height, width, bpp)
+
+
+def _unfilter_libspng(raw, width: int, height: int, colour: int) -> np.ndarray | None:
+    """Unfilter the inflated scanlines with libspng, re-wrapped as stored deflate blocks.
+
+    libspng's own inflate (zlib) is the slow part of a plain ``pyspng.load``; over
+    stored blocks it only copies. Returns ``[H, W]`` uint32 ids, or ``None`` if
+    libspng refuses the file.
+    """
+    png = _png(width, height, colour, raw)
+    try:
+        # RGBA8 output: RGB gets alpha 255 (tRNS is not applied: flags 0), RGBA is as is.
+        rgba = _pyspng.load(png, "RGBA")
+    except Exception:  # noqa: BLE001 - any refusal: the numpy/Pillow path decides
+        return None
+    if rgba.shape != (height, width, 4) or rgba.dtype != np.uint8:
+        return None
+    # [H, W, 4] uint8 -> [H, W] little-endian uint32 words; alpha byte masked off.
+    ids = np.ascontiguousarray(rgba).view("<u4").reshape(height, width)
+    ids &= np.uint32(0xFFFFFF)
+    return ids.astype(np.uint32, copy=False)
+
+
+def _png(width: int, height: int, colour: int, scanlines) -> bytes:
+    """A minimal 8-bit PNG holding ``scanlines`` (filtered rows) in stored deflate blocks."""
+    return b"".join((
+        _SIGNATURE,
+        _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, colour, 0, 0, 0)),
+        _chunk(b"IDAT", _stored_zlib(scanlines)),
+        _chunk(b"IEND", b""),
+    ))
 
 
 def _pack_ids(rows: np.ndarray, height: int, width: int, bpp: int) -> np.ndarray:
@@ -211,34 +248,21 @@ def _up_rows(rec: np.ndarray, start: int, stop: int) -> None:
 
 
 def _decode_rows(filtered: np.ndarray, above: np.ndarray | None, width: int, colour: int) -> np.ndarray:
-    """Unfilter ``[n, 1 + W*bpp]`` consecutive scanlines with a C PNG decoder.
+    """Unfilter ``[n, 1 + W*bpp]`` consecutive scanlines with Pillow.
 
     The rows are wrapped in a PNG with stored (uncompressed) deflate blocks, after
     ``above`` (the reconstructed row above them, as an unfiltered scanline) when
-    given; libspng (``pyspng``) decodes it when installed, Pillow otherwise.
-    Returns ``[n, W*bpp]`` uint8.
+    given. Returns ``[n, W*bpp]`` uint8.
     """
     n = filtered.shape[0]
     parts = [] if above is None else [b"\x00", above.tobytes()]
     parts.append(filtered.tobytes())
     payload = b"".join(parts)
     height = n + (above is not None)
-    png = b"".join((
-        _SIGNATURE,
-        _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, colour, 0, 0, 0)),
-        _chunk(b"IDAT", _stored_zlib(payload)),
-        _chunk(b"IEND", b""),
-    ))
-    if _pyspng is not None:
-        arr = _pyspng.load(png)
-    else:
-        import io
-
-        from PIL import Image
-
-        with Image.open(io.BytesIO(png)) as img:
-            img.load()
-            arr = np.asarray(img)
+    png = _png(width, height, colour, payload)
+    with Image.open(io.BytesIO(png)) as img:
+        img.load()
+        arr = np.asarray(img)
     # [height, W, bpp] decoded -> [n, W*bpp] (without the helper row above).
     return arr.reshape(height, -1)[height - n :]
 
