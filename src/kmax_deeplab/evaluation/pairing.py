@@ -98,13 +98,11 @@ def _runs(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n = gt.size
     if n == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    change = gt[1:] != gt[:-1]
-    change |= pred[1:] != pred[:-1]
+    change = np.not_equal(gt[1:], gt[:-1])
+    other = np.not_equal(pred[1:], pred[:-1])
+    change |= other
     # [N-1] "pixel i+1 starts a run" -> [R] starts, pixel 0 first.
-    starts = np.empty(int(np.count_nonzero(change)) + 1, dtype=np.int64)
-    starts[0] = 0
-    starts[1:] = np.flatnonzero(change)
-    starts[1:] += 1
+    starts = np.flatnonzero(np.concatenate(([True], change)))
     lengths = np.diff(starts, append=n)
     return starts, lengths
 

@@ -169,10 +169,12 @@ def _unfilter_libspng(raw, width: int, height: int, colour: int) -> np.ndarray |
 
 def _png(width: int, height: int, colour: int, scanlines) -> bytes:
     """A minimal 8-bit PNG holding ``scanlines`` (filtered rows) in stored deflate blocks."""
+    z = _stored_zlib(scanlines)
+    # One join (one copy of the large IDAT body); the CRC covers type + body.
     return b"".join((
         _SIGNATURE,
         _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, colour, 0, 0, 0)),
-        _chunk(b"IDAT", _stored_zlib(scanlines)),
+        struct.pack(">I4s", len(z), b"IDAT"), z, struct.pack(">I", _crc32(z, _crc32(b"IDAT"))),
         _chunk(b"IEND", b""),
     ))
 

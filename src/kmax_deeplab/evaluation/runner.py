@@ -192,7 +192,7 @@ def evaluate_files(
     semantic: bool = False,
     instance: bool = False,
     num_workers: int | None = None,
-    chunk_size: int = 8,
+    chunk_size: int | None = None,
     progress: bool = True,
 ) -> dict:
     """Evaluate COCO-panoptic prediction files against GT files.
@@ -207,7 +207,8 @@ def evaluate_files(
         use_train_id: Cityscapes id space (``None``: guess from the file name).
         semantic, instance: also compute mIoU / COCO segm AP.
         num_workers: worker processes (``None``: ``os.cpu_count()``; 0 or 1: in process).
-        chunk_size: images per task sent to a worker.
+        chunk_size: images per task sent to a worker (``None``: 1-4, so that each
+            worker gets at least ~8 tasks and none waits long for the last one).
         progress: tqdm progress bar over images.
 
     Returns:
@@ -224,10 +225,12 @@ def evaluate_files(
     cats = resolve_categories(gt_json, gt_json_file, dataset=dataset, categories=categories,
                               use_train_id=use_train_id)
     pairs = match_annotations(gt_json, pred_json)
+    workers = (os.cpu_count() or 1) if num_workers is None else num_workers
+    if chunk_size is None:
+        chunk_size = max(1, min(4, len(pairs) // (8 * max(workers, 1))))
     chunks = [pairs[i : i + chunk_size] for i in range(0, len(pairs), chunk_size)]
     init = (str(gt_dir), str(pred_dir), cats, semantic, instance)
     total = PanopticEvaluator(cats, semantic=semantic, instance=instance)
-    workers = os.cpu_count() or 1 if num_workers is None else num_workers
     bar = None
     if progress:
         from tqdm import tqdm
