@@ -5,15 +5,17 @@ Instead of panopticapi's ``np.unique`` over 64-bit ``gt * 256³ + pred`` pair id
 sort of every pixel), the two maps are cut into runs of pixels (in raster order)
 over which neither id changes; panoptic maps are piecewise constant, so a
 1024x2048 pair has a few ten thousand runs instead of two million pixels. Only the
-runs' ids are mapped to dense row/column indices (``np.searchsorted`` on the listed
-ids) and the intersection matrix is one ``np.bincount`` over ``row * n_cols + col``
-weighted by the run lengths (float64 sums of integers below 2^53: exact).
+runs' ids are mapped to dense row/column indices (a lookup table for 24-bit ids,
+``np.searchsorted`` on the listed ids otherwise) and the intersection matrix is one
+``np.bincount`` over ``row * n_cols + col`` weighted by the run lengths (float64
+sums of integers below 2^53: exact).
 Rows/columns: 0 = an id not in ``segments_info`` (must stay empty), ``1..n`` =
 listed segments in ``segments_info`` order, ``n + 1`` = unlisted id 0 (VOID).
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -46,6 +48,22 @@ class SegmentPairing:
     pred_index: np.ndarray | None = None
 
 
+_LUT_SIZE = 1 << 24  # every RGB-encoded id is below 256³
+_LUT_LOCAL = threading.local()
+
+
+def _lut() -> np.ndarray:
+    """This thread's ``[2^24]`` uint16 id -> row table, zero between calls.
+
+    ``np.zeros`` maps untouched pages lazily, so only the pages of ids actually
+    used cost memory.
+    """
+    lut = getattr(_LUT_LOCAL, "lut", None)
+    if lut is None:
+        lut = _LUT_LOCAL.lut = np.zeros(_LUT_SIZE, dtype=np.uint16)
+    return lut
+
+
 def _dense_index(values: np.ndarray, segments: Sequence[dict], what: str,
                  image_id: Any) -> tuple[np.ndarray, int]:
     """Map integer ids to dense indices; returns (``uint16`` indices, row of id 0).
@@ -74,6 +92,18 @@ def _dense_index(values: np.ndarray, segments: Sequence[dict], what: str,
     info = np.iinfo(dtype)
     rows = [i + 1 for i, k in enumerate(listed) if info.min <= k <= info.max]
     keys = np.array([listed[r - 1] for r in rows], dtype=dtype)
+    if values.size and values.dtype.kind in "bu" and int(values.max()) < _LUT_SIZE:
+        # Every id is an RGB-encoded 24-bit id: one table lookup per value.
+        lut = _lut()
+        small = keys < _LUT_SIZE
+        lut_keys = keys[small].astype(np.intp)
+        try:
+            lut[lut_keys] = np.asarray(rows, dtype=np.uint16)[small]
+            index = lut.take(values)
+        finally:
+            lut[lut_keys] = 0
+        index[(values == 0) & (index == 0)] = void_row
+        return index, void_row
     values = values.astype(dtype, copy=False)
     index = np.zeros(values.shape, dtype=np.uint16)
     if keys.size:
