@@ -10,11 +10,11 @@ and undoes the scanline filters (spec §9):
 * with libspng (optional ``pyspng``, same extra): the inflated scanlines are
   re-wrapped in stored (uncompressed) deflate blocks, which libspng only copies,
   and libspng unfilters the whole image in C;
-* otherwise with numpy, row by row in order: None and Sub rows (a per-channel
-  running sum mod 256) need no other row and go first; each Up row is one
-  vector add of the row above; spans of Average/Paeth rows, which are sequential
-  within a row, are decoded by Pillow from a small stored-block PNG that starts
-  with the reconstructed row above them.
+* otherwise with numpy and Pillow: None rows are their samples; Sub rows need no
+  other row and are unfiltered first, all in one Pillow call over a small
+  stored-block PNG; then, in order, each Up row is one vector add of the row
+  above, and spans of Average/Paeth rows (sequential within a row) are decoded by
+  Pillow from a stored-block PNG that starts with the reconstructed row above.
 
 Anything else (other bit depths or colour types, interlacing, an unknown chunk,
 a bad CRC or stream, a size mismatch, Pillow's decompression-bomb limit) returns
@@ -42,9 +42,10 @@ try:  # optional accelerator: libspng unfilters ~5-10x faster than Pillow
 except ImportError:  # pragma: no cover - depends on the environment
     _pyspng = None
 
-__all__ = ["decode_panoptic_png_ids", "HAVE_LIBDEFLATE"]
+__all__ = ["decode_panoptic_png_ids", "HAVE_LIBDEFLATE", "HAVE_LIBSPNG"]
 
-HAVE_LIBDEFLATE = _deflate is not None
+HAVE_LIBDEFLATE = _deflate is not None  # True when the ``deflate`` package is importable
+HAVE_LIBSPNG = _pyspng is not None  # True when the ``pyspng`` package is importable
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Chunks that cannot change the decoded RGB(A) samples of a non-interlaced image
