@@ -57,7 +57,7 @@ def read_panoptic_png(path: str | os.PathLike, *, image_id: Any = None, fast: bo
     ``I``, ``I;16``, ``P`` indices) are taken as ids directly, as panopticapi does.
 
     Args:
-        path: the PNG file.
+        path: the PNG file (a binary file object is read by Pillow only).
         image_id: only used in error messages.
         fast: try :func:`~kmax_deeplab.evaluation.png_fast.decode_panoptic_png_ids`
             first (8-bit RGB/RGBA PNGs; identical ids, several times faster); every
@@ -66,9 +66,9 @@ def read_panoptic_png(path: str | os.PathLike, *, image_id: Any = None, fast: bo
     Raises:
         PanopticEvaluationError: the file is missing or cannot be decoded.
     """
-    name = path
+    name = os.fspath(path) if isinstance(path, (str, os.PathLike)) else repr(path)
     try:
-        if fast:
+        if fast and isinstance(path, (str, os.PathLike)):
             with open(path, "rb") as f:
                 data = f.read()
             ids = decode_panoptic_png_ids(data)
@@ -86,13 +86,13 @@ def read_panoptic_png(path: str | os.PathLike, *, image_id: Any = None, fast: bo
             arr = np.asarray(img)
     except (OSError, SyntaxError, ValueError) as exc:
         what = f" (image {image_id!r})" if image_id is not None else ""
-        raise PanopticEvaluationError(f"cannot read panoptic PNG {os.fspath(name)}{what}: {exc}") from exc
+        raise PanopticEvaluationError(f"cannot read panoptic PNG {name}{what}: {exc}") from exc
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
     if arr.ndim == 3 and arr.shape[2] < 3:
         what = f" (image {image_id!r})" if image_id is not None else ""
         raise PanopticEvaluationError(
-            f"panoptic PNG {os.fspath(name)}{what} has {arr.shape[2]} channels; expected RGB(A) "
+            f"panoptic PNG {name}{what} has {arr.shape[2]} channels; expected RGB(A) "
             f"colours R + 256 G + 256² B or one channel of ids")
     return rgb_to_id(arr)
 
