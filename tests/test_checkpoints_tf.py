@@ -23,12 +23,24 @@ SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 _write_checkpoint = write_tf_checkpoint
 
 
+@pytest.fixture(scope="module")
+def tf_ckpts(checkpoint_layouts, tmp_path_factory):
+    """backbone -> (backbone, prefix, variables): each TF checkpoint is written once per module."""
+    cache = {}
+
+    def get(backbone: str):
+        if backbone not in cache:
+            variables = random_tf_variables(checkpoint_layouts, backbone)
+            prefix = _write_checkpoint(tmp_path_factory.mktemp(f"tf_{backbone}"), variables)
+            cache[backbone] = backbone, prefix, variables
+        return cache[backbone]
+
+    return get
+
+
 @pytest.fixture(scope="module", params=["r50", "convnext_tiny"])
-def tf_model_ckpt(request, checkpoint_layouts, tmp_path_factory):
-    backbone = request.param
-    variables = random_tf_variables(checkpoint_layouts, backbone)
-    prefix = _write_checkpoint(tmp_path_factory.mktemp(f"tf_{backbone}"), variables)
-    return backbone, prefix, variables
+def tf_model_ckpt(request, tf_ckpts):
+    return tf_ckpts(request.param)
 
 
 @pytest.mark.slow
@@ -183,13 +195,12 @@ def _check_prediction_set(out_dir: Path, images: list[Path]) -> None:
 
 
 @pytest.mark.slow
-def test_convert_then_predict_cli(tf_model_ckpt, coco_sample, tmp_path):
+def test_convert_then_predict_cli(tf_ckpts, coco_sample, tmp_path):
+    """R50 here; ConvNeXt-T goes through the zoo test below."""
     from kmax_deeplab.cli import main
     from kmax_deeplab.config import load_config
 
-    backbone, prefix, _ = tf_model_ckpt
-    if backbone != "r50":
-        pytest.skip("one backbone is enough for the CLI path; ConvNeXt-T goes through the zoo test")
+    backbone, prefix, _ = tf_ckpts("r50")
     native = tmp_path / "native"
     assert main(["convert", "--from", "deeplab2", prefix + ".index", str(native), "--config", PRESET[backbone]]) == 0
     cfg = load_config(native / "config.yaml")
@@ -202,8 +213,8 @@ def test_convert_then_predict_cli(tf_model_ckpt, coco_sample, tmp_path):
 
 
 @pytest.mark.slow
-def test_tf_zoo_archive_end_to_end(tf_model_ckpt, coco_sample, tmp_path, monkeypatch):
-    """download (local HTTP) -> verify SHA-256 -> safe extract -> convert -> cache -> Predictor."""
+def test_tf_zoo_archive_end_to_end(tf_ckpts, coco_sample, tmp_path, monkeypatch):
+    """download (local HTTP) -> verify SHA-256 -> safe extract -> convert -> cache -> Predictor (ConvNeXt-T)."""
     import dataclasses
     import functools
     import hashlib
@@ -214,13 +225,13 @@ def test_tf_zoo_archive_end_to_end(tf_model_ckpt, coco_sample, tmp_path, monkeyp
     from kmax_deeplab.checkpoints import zoo
     from kmax_deeplab.engine.predictor import Predictor
 
-    backbone, prefix, _ = tf_model_ckpt
+    backbone, prefix, _ = tf_ckpts("convnext_tiny")
     name = ZOO_NAME[backbone]
     www = tmp_path / "www"
     www.mkdir()
     archive = www / f"{name}.tar.gz"
     folder = zoo.ZOO[name].url.rsplit("/", 1)[-1][: -len(".tar.gz")]
-    with tarfile.open(archive, "w:gz", compresslevel=1) as tar:  # as deeplab2 ships them: one folder
+    with tarfile.open(archive, "w:gz", compresslevel=0) as tar:  # one folder, as deeplab2 ships them (gzip, stored)
         for suffix in (".index", ".data-00000-of-00001"):
             tar.add(prefix + suffix, arcname=f"{folder}/ckpt-150000{suffix}")
     small = tmp_path / "small.yaml"  # the zoo preset at a 65x65 canvas (weights do not depend on it)
@@ -249,4 +260,4 @@ def test_tf_zoo_archive_end_to_end(tf_model_ckpt, coco_sample, tmp_path, monkeyp
     assert (done, errors) == (len(images), [])
     _check_prediction_set(tmp_path / "pred", images)
     archive.unlink()  # a second call uses the cache, no download
-    assert Predictor.from_zoo(name).canvas == (65, 65)
+    assert zoo.get_zoo_checkpoint(name) == tmp_path / "cache" / name
