@@ -14,14 +14,14 @@ Parameter names match the bytedance checkpoint: ``qkv_transform.conv.weight``,
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kmax_deeplab.modeling.layers.conv_norm import ConvNormAct, trunc_normal_
-from kmax_deeplab.modeling.layers.norm import get_norm
+from kmax_deeplab.modeling.layers.norm import frozen_affine, get_norm
 
 MAX_SPAN = 255
 
@@ -56,28 +56,6 @@ class RelativePositionalEncoding(nn.Module):
     def forward(self) -> Tensor:
         # [L*L] row ids -> [L*L, depth] -> [L, L, depth]
         return self._embeddings.weight[self.index.reshape(-1)].reshape(self.length, self.length, self.depth)
-
-
-def _frozen_affine(norm: nn.Module, channels: int, like: Tensor) -> Optional[Tuple[Tensor, Tensor]]:
-    """(scale, shift) ``[channels]`` fp32 of a norm that acts as a fixed affine map, else None.
-
-    A batch norm in eval mode with running statistics is y = x·scale + shift; the identity
-    (``norm="none"``) is scale 1, shift 0. A batch norm in training mode (batch statistics,
-    running-stat updates) returns None and must be called as a module.
-    """
-    if isinstance(norm, nn.Identity):
-        ones = torch.ones(channels, dtype=torch.float32, device=like.device)
-        return ones, torch.zeros_like(ones)
-    if (isinstance(norm, nn.modules.batchnorm._BatchNorm) and not norm.training
-            and norm.running_mean is not None and norm.running_var is not None):
-        scale = norm.running_var.float().add(norm.eps).rsqrt()
-        if norm.weight is not None:
-            scale = scale * norm.weight.float()
-        shift = -norm.running_mean.float() * scale
-        if norm.bias is not None:
-            shift = shift + norm.bias.float()
-        return scale, shift
-    return None
 
 
 class AxialAttention1d(nn.Module):
@@ -166,8 +144,8 @@ class AxialAttention1d(nn.Module):
         r_q = self._query_rpe().to(q.dtype)  # [L(query), L(key), dk]
         r_k = self._key_rpe().to(q.dtype)
         r_v = self._value_rpe().to(v.dtype)  # [L, L, dv]
-        sim = _frozen_affine(self._batch_norm_similarity, 3 * h, q)
-        out_affine = _frozen_affine(self._batch_norm_retrieved_output, 2 * self.value_depth, q)
+        sim = frozen_affine(self._batch_norm_similarity, 3 * h, q)
+        out_affine = frozen_affine(self._batch_norm_retrieved_output, 2 * self.value_depth, q)
 
         q_c = q_p = q
         k_p = k
