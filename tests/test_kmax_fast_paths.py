@@ -240,3 +240,18 @@ def test_fp32_islands_under_cpu_bf16_autocast(monkeypatch):
                                                          "view", "_unsafe_view", "t", "detach")]
     assert arithmetic and all(all(d == torch.float32 for d in dt) for _, dt in arithmetic), arithmetic
     assert out["pred_masks"].isfinite().all()
+
+
+def test_channels_last_model_gives_the_same_outputs():
+    """``model.to(memory_format=torch.channels_last)`` (the CPU benchmark's fast variant) is exact up to fp32."""
+    cfg = get_preset("synthetic/kmax_tiny").model
+    torch.manual_seed(0)
+    model = build_kmax(cfg).eval()
+    _randomise(model)
+    images = torch.rand(1, 3, 129, 129) * 255
+    with torch.no_grad():
+        want = model(images)
+        model.to(memory_format=torch.channels_last)
+        got = model(images.contiguous(memory_format=torch.channels_last))
+    for key in ("pred_logits", "pred_masks", "pixel_feature"):
+        torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-4 * want[key].abs().max().item())
