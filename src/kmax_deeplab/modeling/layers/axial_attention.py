@@ -8,6 +8,11 @@ scaling; softmax over keys in fp32; the weights retrieve v and a value position 
 the two results are stacked (type, head, depth) into one BN of 2·value_depth channels
 and summed. The 2-D layer runs the height axis (over columns) and then the width axis.
 
+Implementation (issue #4; same numbers up to fp32 rounding): the qkv projection runs once
+per axis on the whole map (:meth:`AxialAttention1d.project`), the attention on strided
+``[B, heads, N, d, L]`` views (:meth:`AxialAttention1d.attend`), and in eval mode the two
+stacked BNs are folded into q, k, v as fixed affines (:func:`frozen_affine`).
+
 Parameter names match the bytedance checkpoint: ``qkv_transform.conv.weight``,
 ``_{query,key,value}_rpe._embeddings.weight``, ``_batch_norm_{qkv,similarity,retrieved_output}``.
 """
@@ -63,6 +68,8 @@ class AxialAttention1d(nn.Module):
 
     Input ``[B', D_in, L]`` (B' = B times the other spatial size); output
     ``[B', value_depth, L]`` of the input dtype (the softmax runs in fp32).
+    :class:`AxialAttention2d` calls :meth:`project` on the whole map and :meth:`attend`
+    on views, so the per-column ``[B·W, D_in, H]`` input is never built.
 
     Args:
         in_channels: D_in.
