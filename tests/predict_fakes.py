@@ -7,9 +7,7 @@ known function of the image, so geometry errors (wrong crop, wrong resize) show 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
