@@ -89,7 +89,11 @@ def _check_train_and_eval(fast: nn.Module, plain, x: torch.Tensor, tol: float = 
         gf, gr = _grads(fast), _grads(ref)
         assert gf and sorted(gf) == sorted(gr)
         for key in gf:
-            torch.testing.assert_close(gf[key], gr[key], rtol=tol, atol=tol, msg=key)
+            # fp32 rounding differs between the fused and the plain path: compare each
+            # gradient relative to its own scale (a parameter whose softmax-invariant
+            # gradient is ~0, e.g. the similarity BN bias, keeps the absolute tol).
+            scale = max(1.0, gr[key].abs().max().item())
+            torch.testing.assert_close(gf[key], gr[key], rtol=tol, atol=tol * scale, msg=key)
         sf, sr = _bn_state(fast), _bn_state(ref)
         for key in sf:
             torch.testing.assert_close(sf[key], sr[key], rtol=1e-5, atol=1e-6, msg=key)
