@@ -102,6 +102,7 @@ class LossConfig:
     semantic_sample_k: int = 4096  # 0 = all pixels (Cityscapes)
     semantic_sample_temperature: float = 2.0
     share_final_matching: bool = True
+    mask_void_pixels: bool = True  # BD MASKING_VOID_PIXEL: zero query probs on void in matching/dice
 
 
 @dataclass

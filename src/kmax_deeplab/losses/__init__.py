@@ -1,1 +1,29 @@
-"""losses package."""
+"""kMaX-DeepLab losses and Hungarian matching (spec §2)."""
+
+from .common import gumbel_topk_sample, mean_over_nonzero, sampling_logits
+from .criterion import TERMS, KMaXCriterion, MatchedTargets, build_criterion, build_matched_targets
+from .instance_discrimination import instance_discrimination_loss
+from .mask_id import mask_id_cross_entropy
+from .matching import HungarianMatcher, ImageMatch, class_similarity, mask_similarity
+from .pq_style import pq_class_loss, pq_dice_loss
+from .semantic import semantic_loss
+
+__all__ = [
+    "TERMS",
+    "HungarianMatcher",
+    "ImageMatch",
+    "KMaXCriterion",
+    "MatchedTargets",
+    "build_criterion",
+    "build_matched_targets",
+    "class_similarity",
+    "gumbel_topk_sample",
+    "instance_discrimination_loss",
+    "mask_id_cross_entropy",
+    "mask_similarity",
+    "mean_over_nonzero",
+    "pq_class_loss",
+    "pq_dice_loss",
+    "sampling_logits",
+    "semantic_loss",
+]
