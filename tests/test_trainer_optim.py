@@ -124,3 +124,4 @@ def test_presets_carry_the_spec_recipe(name, lr, iters, batch):
     assert (s.base_lr, s.max_iters, s.batch_size) == (lr, iters, batch)
     assert (s.warmup_iters, s.warmup_factor, s.poly_power) == (5000, 0.001, 0.9)
     assert (s.weight_decay, tuple(s.betas), s.eps, s.backbone_lr_multiplier) == (0.05, (0.9, 0.999), 1e-8, 0.1)
+    assert s.amp == "fp16"  # bytedance trains with AMP fp16 (spec §4 "Precision")
