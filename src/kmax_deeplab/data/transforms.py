@@ -1,0 +1,244 @@
+"""Geometric augmentation applied jointly to the image and the panoptic id map (spec §4).
+
+Training (bytedance ``PanoptickMaXDeepLabDatasetMapper``): large-scale-jitter resize (the
+image is fitted into ``crop_size * s``, ``s ~ U[min_scale, max_scale]``), random crop to at
+most ``crop_size``, horizontal flip, then padding on the bottom/right to exactly
+``crop_size`` (image value 127.5 = mean grey, ids ``PAD_ID`` = void). Crops whose stride-4
+ground truth has ``<= min_valid_pixels`` non-void pixels or no non-crowd segment are
+re-sampled. Test time: resize the longer side to the canvas, pad bottom/right, and keep
+the valid region size to crop predictions back.
+
+Images use bilinear interpolation (antialiased when shrinking), ids use nearest. Every
+random choice comes from the ``numpy.random.Generator`` passed in, so runs are reproducible.
+Normalisation is not done here (the model does ``x / 127.5 - 1``). Colour jitter and
+copy-paste are not implemented yet.
+
+Transforms are callables ``(record, rng) -> record`` on the record format of
+:mod:`kmax_deeplab.data.record`.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kmax_deeplab.data.record import PAD_ID
+
+__all__ = [
+    "PAD_VALUE", "resize", "crop", "hflip", "pad_to", "count_valid_stride4",
+    "LargeScaleJitter", "ResizeLongestAndPad", "Compose", "resize_longest_and_pad", "build_transforms",
+]
+
+PAD_VALUE = 127.5
+"""Image value of padded pixels (mean grey: 0 after ``x / 127.5 - 1``)."""
+
+Record = dict[str, Any]
+
+
+def _resize_image(image: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
+    """Resize float32 ``[H, W, 3]`` to ``size`` = (h, w); ``mode`` bilinear or nearest."""
+    if image.shape[:2] == tuple(size):
+        return image
+    if mode == "nearest":
+        return image[np.ix_(_nearest_index(image.shape[0], size[0]), _nearest_index(image.shape[1], size[1]))]
+    # [H, W, 3] -> [1, 3, H, W] for interpolate, then back.
+    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
+    shrink = size[0] < image.shape[0] or size[1] < image.shape[1]
+    out = F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+    return out[0].permute(1, 2, 0).clamp_(0, 255).numpy()
+
+
+def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
+    """Source index of each output pixel for nearest resizing (pixel-centre convention)."""
+    return np.minimum(((np.arange(n_out) + 0.5) * (n_in / n_out)).astype(np.int64), n_in - 1)
+
+
+def resize(record: Record, size: tuple[int, int], image_mode: str = "bilinear") -> Record:
+    """Resize image (bilinear, or nearest) and ids (nearest) to ``size`` = (h, w)."""
+    ids = record["panoptic"]
+    out = dict(record)
+    out["image"] = _resize_image(record["image"], size, image_mode)
+    out["panoptic"] = ids[np.ix_(_nearest_index(ids.shape[0], size[0]), _nearest_index(ids.shape[1], size[1]))]
+    return out
+
+
+def crop(record: Record, top: int, left: int, height: int, width: int) -> Record:
+    """Crop image and ids to rows ``top:top+height``, columns ``left:left+width``."""
+    out = dict(record)
+    out["image"] = record["image"][top:top + height, left:left + width]
+    out["panoptic"] = record["panoptic"][top:top + height, left:left + width]
+    return out
+
+
+def hflip(record: Record) -> Record:
+    """Mirror image and ids left-right (exactly; no resampling)."""
+    out = dict(record)
+    out["image"] = record["image"][:, ::-1]
+    out["panoptic"] = record["panoptic"][:, ::-1]
+    return out
+
+
+def pad_to(record: Record, size: tuple[int, int], pad_value: float = PAD_VALUE) -> Record:
+    """Pad bottom/right to ``size`` = (h, w): image with ``pad_value``, ids with ``PAD_ID``.
+
+    Sets ``valid_size`` to the unpadded (h, w).
+
+    Raises:
+        ValueError: the record is larger than ``size``.
+    """
+    h, w = record["panoptic"].shape
+    if h > size[0] or w > size[1]:
+        raise ValueError(f"cannot pad {h}x{w} to smaller {size[0]}x{size[1]}")
+    image = np.full((size[0], size[1], 3), pad_value, dtype=np.float32)
+    image[:h, :w] = record["image"]
+    ids = np.full(size, PAD_ID, dtype=np.int64)
+    ids[:h, :w] = record["panoptic"]
+    out = dict(record)
+    out["image"], out["panoptic"], out["valid_size"] = image, ids, (h, w)
+    return out
+
+
+def count_valid_stride4(record: Record) -> tuple[int, int]:
+    """Return (non-void pixels of ``ids[::4, ::4]``, non-crowd segments present there).
+
+    Non-void = covered by a non-crowd segment (bytedance ``valid_pixel_num``).
+    """
+    sub = record["panoptic"][::4, ::4]
+    good = np.array([s["id"] for s in record["segments"] if not s["iscrowd"]], dtype=np.int64)
+    hit = np.isin(sub, good)
+    return int(hit.sum()), int(np.unique(sub[hit]).size)
+
+
+class LargeScaleJitter:
+    """Training augmentation: scale jitter, random crop, flip, pad (spec §4, bytedance).
+
+    Args:
+        crop_size: (h, w) of the output canvas, e.g. (1281, 1281).
+        min_scale / max_scale: scale range s; the image is fitted into ``crop_size * s``
+            (detectron2 ``ResizeScale``: factor ``min(s*h_c/H, s*w_c/W)``).
+        flip: random horizontal flip with probability 0.5.
+        min_valid_pixels: re-sample when the stride-4 ground truth has ``<=`` this many
+            non-void pixels or no non-crowd segment (bytedance: 4096). 0 only re-samples
+            crops without segments; a negative value disables re-sampling.
+        max_tries: attempts before keeping the last crop (with a warning).
+        pad_value: image value of padding.
+        image_mode: ``"bilinear"`` (default) or ``"nearest"`` image interpolation.
+    """
+
+    def __init__(self, crop_size: Sequence[int], min_scale: float = 0.2, max_scale: float = 2.0,
+                 flip: bool = True, min_valid_pixels: int = 4096, max_tries: int = 20,
+                 pad_value: float = PAD_VALUE, image_mode: str = "bilinear") -> None:
+        if not 0 < min_scale <= max_scale:
+            raise ValueError(f"need 0 < min_scale <= max_scale, got {min_scale}, {max_scale}")
+        self.crop_size = (int(crop_size[0]), int(crop_size[1]))
+        self.min_scale, self.max_scale = float(min_scale), float(max_scale)
+        self.flip = flip
+        self.min_valid_pixels = int(min_valid_pixels)
+        self.max_tries = int(max_tries)
+        self.pad_value = pad_value
+        self.image_mode = image_mode
+
+    def sample_once(self, record: Record, rng: np.random.Generator) -> Record:
+        """One random resize + crop + flip + pad, without the validity check."""
+        ch, cw = self.crop_size
+        h, w = record["panoptic"].shape
+        s = rng.uniform(self.min_scale, self.max_scale)
+        f = min(s * ch / h, s * cw / w)
+        nh, nw = max(1, int(round(h * f))), max(1, int(round(w * f)))
+        out = resize(record, (nh, nw), self.image_mode)
+        th, tw = min(nh, ch), min(nw, cw)
+        top = int(rng.integers(0, nh - th + 1))
+        left = int(rng.integers(0, nw - tw + 1))
+        out = crop(out, top, left, th, tw)
+        if self.flip and rng.random() < 0.5:
+            out = hflip(out)
+        return pad_to(out, self.crop_size, self.pad_value)
+
+    def __call__(self, record: Record, rng: np.random.Generator) -> Record:
+        out = self.sample_once(record, rng)
+        if self.min_valid_pixels < 0:
+            return out
+        for _ in range(self.max_tries - 1):
+            valid, nseg = count_valid_stride4(out)
+            if valid > self.min_valid_pixels and nseg > 0:
+                return out
+            out = self.sample_once(record, rng)
+        valid, nseg = count_valid_stride4(out)
+        if not (valid > self.min_valid_pixels and nseg > 0):
+            warnings.warn(f"{record.get('file_name')}: no crop with > {self.min_valid_pixels} valid "
+                          f"stride-4 pixels in {self.max_tries} tries; keeping the last one",
+                          RuntimeWarning, stacklevel=2)
+        return out
+
+
+def _longest_side_size(h: int, w: int, canvas: tuple[int, int]) -> tuple[int, int]:
+    f = min(canvas[0] / h, canvas[1] / w)
+    return max(1, min(canvas[0], int(math.floor(h * f + 0.5)))), max(1, min(canvas[1], int(math.floor(w * f + 0.5))))
+
+
+class ResizeLongestAndPad:
+    """Test-time geometry: fit the image into ``size`` (longer side), pad bottom/right.
+
+    The record gets ``valid_size`` = the resized (h, w), so predictions on the canvas can
+    be cropped to ``[:h, :w]`` and resized back to the original ``height``/``width``.
+    """
+
+    def __init__(self, size: Sequence[int], pad_value: float = PAD_VALUE) -> None:
+        self.size = (int(size[0]), int(size[1]))
+        self.pad_value = pad_value
+
+    def __call__(self, record: Record, rng: np.random.Generator | None = None) -> Record:
+        h, w = record["panoptic"].shape
+        out = resize(record, _longest_side_size(h, w, self.size))
+        return pad_to(out, self.size, self.pad_value)
+
+
+def resize_longest_and_pad(image: torch.Tensor, size: Sequence[int],
+                           pad_value: float = PAD_VALUE) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Resize an image tensor so it fits ``size`` and pad it (inference).
+
+    Args:
+        image: float ``[3, H, W]`` or ``[B, 3, H, W]`` RGB 0..255.
+        size: (h, w) canvas, e.g. the model's ``image_size``.
+        pad_value: value of the bottom/right padding.
+
+    Returns:
+        ``(canvas, (h, w))``: float32 ``[.., 3, size_h, size_w]`` and the valid region.
+    """
+    batched = image.dim() == 4
+    x = image if batched else image[None]
+    h, w = x.shape[-2:]
+    nh, nw = _longest_side_size(h, w, (int(size[0]), int(size[1])))
+    if (nh, nw) != (h, w):
+        x = F.interpolate(x.float(), size=(nh, nw), mode="bilinear", align_corners=False,
+                          antialias=nh < h).clamp_(0, 255)
+    x = F.pad(x.float(), (0, int(size[1]) - nw, 0, int(size[0]) - nh), value=pad_value)
+    return (x if batched else x[0]), (nh, nw)
+
+
+class Compose:
+    """Apply transforms ``(record, rng) -> record`` in order."""
+
+    def __init__(self, transforms: Sequence[Callable[[Record, np.random.Generator], Record]]) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(self, record: Record, rng: np.random.Generator) -> Record:
+        for t in self.transforms:
+            record = t(record, rng)
+        return record
+
+
+def build_transforms(data_cfg: Any, is_train: bool) -> Callable[[Record, np.random.Generator], Record]:
+    """Build the transform for a DataConfig-like section (duck typed; spec §4).
+
+    Reads ``crop_size``, ``min_scale``, ``max_scale``, ``flip``, ``min_valid_pixels``.
+    """
+    if is_train:
+        return LargeScaleJitter(data_cfg.crop_size, data_cfg.min_scale, data_cfg.max_scale,
+                                flip=data_cfg.flip, min_valid_pixels=data_cfg.min_valid_pixels)
+    return ResizeLongestAndPad(data_cfg.crop_size)

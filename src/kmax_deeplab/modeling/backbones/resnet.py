@@ -1,0 +1,222 @@
+"""ResNet backbones of kMaX-DeepLab in two layouts with one key naming (spec §1.1, §5.1, §5.2).
+
+``layout="bytedance"`` (BD, detectron2/torchvision style; the default)
+    Stem: 7×7/2 conv + BN + ReLU, then a 3×3/2 max-pool (padding 1); "stem" is the
+    post-max-pool output (64 channels, stride 4; BD's Cityscapes stem skip is stride 4).
+    Bottleneck blocks are post-activation (``relu(branch + shortcut)``); the stride of a stage
+    sits in the 3×3 conv (``stride_in_1x1=False``); res2 starts at stride 4 without a stride.
+    Source: bytedance/kmax-deeplab ``kmax_deeplab/modeling/backbone/resnet.py`` (detectron2's
+    ``BasicStem`` and ``BottleneckBlock``).
+
+``layout="deeplab2"`` (TF, ``axial_resnet_instances.ResNet50``)
+    Stem: 7×7/2 conv + BN, *no* activation and *no* max-pool; "stem" is that un-activated
+    output (64 channels, stride 2). Stage 2's first block carries the stride 2 in its 3×3 conv
+    and its 1×1 shortcut. Blocks are pre-activation: ``y = branch(relu(x)) + shortcut(relu(x))``
+    (``AxialBlock.call`` activates its input; the shortcut starts from the activated input), so
+    every endpoint res2..res5 is the un-activated sum that deeplab2's pixel decoder reads
+    (``stage2``..``stage5`` endpoints, ``axial_resnet.call_encoder_before_stacked_decoder``).
+    The last BN of each residual branch starts with γ = 0 (``bn_gamma_initializer='zeros'``).
+    Strided TF convs pad symmetrically by ``(k - 1) // 2`` (``Conv2DSame``), i.e. PyTorch
+    ``padding=k // 2``.
+
+Both layouts use the keys ``stem.conv1.{weight,norm.*}`` and
+``res{2..5}.{b}.{conv1,conv2,conv3,shortcut}.{weight,norm.*}`` (shortcut only in block 0), so a
+TF checkpoint maps ``encoder/_stem`` -> ``stem.conv1`` and ``encoder/_stage{s}/_block{b}/…`` ->
+``res{s}.{b-1}.…`` (spec §5.2). Every BN has eps 1e-3, momentum 0.01 (see ``conv_norm``).
+Neither reference applies stochastic depth to the ResNet-50 backbone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kmax_deeplab.modeling.backbones.base import Backbone, FeatureSpec, check_feature_info
+from kmax_deeplab.modeling.backbones.conv_norm import Conv2dNorm
+
+LAYOUTS: tuple[str, ...] = ("bytedance", "deeplab2")
+
+
+class BottleneckBlock(nn.Module):
+    """Post-activation bottleneck (BD / detectron2, ``stride_in_1x1=False``).
+
+    ``y = relu(bn3(conv3(relu(bn2(conv2(relu(bn1(conv1(x)))))))) + shortcut(x))`` with the
+    stride in the 3×3 ``conv2``; ``shortcut`` is a strided 1×1 conv + BN when the channels
+    change, else the identity.
+
+    Args:
+        in_channels: D_in.
+        out_channels: D_out (4 × bottleneck in ResNet-50).
+        bottleneck_channels: width of conv1/conv2.
+        stride: 1 or 2, applied by conv2 and the shortcut.
+        norm: norm after each conv (see ``conv_norm.resnet_norm``).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, bottleneck_channels: int,
+                 stride: int = 1, norm: str = "BN") -> None:
+        super().__init__()
+        self.stride = stride
+        self.shortcut = (Conv2dNorm(in_channels, out_channels, 1, stride=stride, norm=norm)
+                         if in_channels != out_channels else None)
+        if self.shortcut is None and stride != 1:
+            raise ValueError("a strided block needs a projection shortcut "
+                             f"(in_channels == out_channels == {in_channels}, stride {stride})")
+        self.conv1 = Conv2dNorm(in_channels, bottleneck_channels, 1, norm=norm)
+        self.conv2 = Conv2dNorm(bottleneck_channels, bottleneck_channels, 3, stride=stride,
+                                padding=1, norm=norm)
+        self.conv3 = Conv2dNorm(bottleneck_channels, out_channels, 1, norm=norm)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[B, D_in, H, W]`` -> ``[B, D_out, ceil(H/s), ceil(W/s)]``, after ReLU."""
+        out = F.relu(self.conv1(x))
+        out = F.relu(self.conv2(out))
+        out = self.conv3(out)
+        shortcut = x if self.shortcut is None else self.shortcut(x)
+        return F.relu(out + shortcut)
+
+
+class PreActBottleneckBlock(BottleneckBlock):
+    """Pre-activation bottleneck of deeplab2 (``axial_blocks.AxialBlock``, no attention).
+
+    ``a = relu(x)``; ``y = bn3(conv3(relu(bn2(conv2(relu(bn1(conv1(a))))))) + shortcut(a)``;
+    the output is *not* activated. Same sub-modules and keys as :class:`BottleneckBlock`;
+    ``conv3.norm.weight`` (γ) starts at 0 as in deeplab2.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, bottleneck_channels: int,
+                 stride: int = 1, norm: str = "BN") -> None:
+        super().__init__(in_channels, out_channels, bottleneck_channels=bottleneck_channels,
+                         stride=stride, norm=norm)
+        gamma = getattr(self.conv3.norm, "weight", None)
+        if isinstance(gamma, nn.Parameter):
+            nn.init.zeros_(gamma)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[B, D_in, H, W]`` -> ``[B, D_out, ceil(H/s), ceil(W/s)]``, un-activated."""
+        x = F.relu(x)
+        out = F.relu(self.conv1(x))
+        out = F.relu(self.conv2(out))
+        out = self.conv3(out)
+        shortcut = x if self.shortcut is None else self.shortcut(x)
+        return out + shortcut
+
+
+class ResNetStem(nn.Module):
+    """7×7/2 conv + norm (``conv1``), then either ReLU + 3×3/2 max-pool (BD) or nothing (TF).
+
+    Args:
+        in_channels: 3 for RGB.
+        out_channels: stem width (64 in ResNet-50).
+        max_pool: True for BD (output stride 4, activated), False for deeplab2 (stride 2,
+            un-activated).
+        norm: see ``conv_norm.resnet_norm``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, max_pool: bool,
+                 norm: str = "BN") -> None:
+        super().__init__()
+        self.conv1 = Conv2dNorm(in_channels, out_channels, 7, stride=2, padding=3, norm=norm)
+        self.max_pool = max_pool
+        self.out_channels = out_channels
+        self.stride = 4 if max_pool else 2
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[B, 3, H, W]`` -> ``[B, D, ceil(H/stride), ceil(W/stride)]``."""
+        x = self.conv1(x)
+        if self.max_pool:
+            x = F.max_pool2d(F.relu(x), kernel_size=3, stride=2, padding=1)
+        return x
+
+    def extra_repr(self) -> str:
+        return f"max_pool={self.max_pool}, stride={self.stride}"
+
+
+class ResNet(Backbone):
+    """Bottleneck ResNet with outputs stem, res2..res5 (spec §1.1).
+
+    Args:
+        depths: blocks per stage res2..res5, e.g. ``(3, 4, 6, 3)`` for ResNet-50.
+        stem_channels: stem width (64).
+        bottleneck_channels: conv1/conv2 width per stage, e.g. ``(64, 128, 256, 512)``;
+            each stage outputs 4× as many channels.
+        layout: ``"bytedance"`` (post-activation, max-pool stem) or ``"deeplab2"``
+            (pre-activation, no max-pool, stride 2 in res2); see the module docstring.
+        norm: ``"BN"``, ``"SyncBN"``, ``"FrozenBN"`` or ``"none"``.
+        in_channels: input channels (3).
+
+    Raises:
+        ValueError: unknown layout or norm, or depths/widths of different lengths.
+    """
+
+    def __init__(self, depths: Sequence[int], *, stem_channels: int = 64,
+                 bottleneck_channels: Sequence[int] = (64, 128, 256, 512),
+                 layout: str = "bytedance", norm: str = "BN", in_channels: int = 3) -> None:
+        super().__init__()
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown ResNet layout {layout!r}; expected one of {LAYOUTS}")
+        if len(depths) != 4 or len(bottleneck_channels) != 4:
+            raise ValueError(f"need 4 stages, got depths {tuple(depths)} and widths "
+                             f"{tuple(bottleneck_channels)}")
+        self.layout = layout
+        bytedance = layout == "bytedance"
+        block_cls = BottleneckBlock if bytedance else PreActBottleneckBlock
+        self.stem = ResNetStem(in_channels, stem_channels, max_pool=bytedance, norm=norm)
+
+        info = [FeatureSpec("stem", stem_channels, self.stem.stride)]
+        stride, channels = self.stem.stride, stem_channels
+        # BD: res2 keeps stride 4 (the max-pool took it); TF: res2 strides 2 -> 4.
+        first_strides = (1, 2, 2, 2) if bytedance else (2, 2, 2, 2)
+        for i, (depth, width, first) in enumerate(
+                zip(depths, bottleneck_channels, first_strides)):
+            blocks = []
+            for b in range(depth):
+                blocks.append(block_cls(channels, 4 * width, bottleneck_channels=width,
+                                        stride=first if b == 0 else 1, norm=norm))
+                channels = 4 * width
+            stride *= first
+            self.add_module(f"res{i + 2}", nn.Sequential(*blocks))
+            info.append(FeatureSpec(f"res{i + 2}", channels, stride))
+        self.feature_info = check_feature_info(info)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        """Features of a normalised image batch.
+
+        Args:
+            x: ``[B, 3, H, W]`` float, already normalised.
+
+        Returns:
+            ``{"stem", "res2", ..., "res5"}`` -> ``[B, D, ceil(H/s), ceil(W/s)]`` with D and s
+            from ``feature_info``. BD: all after ReLU; deeplab2: all un-activated.
+
+        Raises:
+            ValueError: ``x`` is not ``[B, 3, H, W]`` floating point.
+        """
+        self._check_input(x)
+        out = {"stem": self.stem(x)}
+        x = out["stem"]
+        for name in ("res2", "res3", "res4", "res5"):
+            x = getattr(self, name)(x)
+            out[name] = x
+        return out
+
+
+def resnet50(*, norm: str = "BN", layout: str = "bytedance") -> ResNet:
+    """ResNet-50 (depths 3, 4, 6, 3; outputs 256/512/1024/2048 channels; 23.5 M parameters)."""
+    return ResNet((3, 4, 6, 3), stem_channels=64, bottleneck_channels=(64, 128, 256, 512),
+                  layout=layout, norm=norm)
+
+
+def resnet_tiny(*, norm: str = "BN", layout: str = "bytedance") -> ResNet:
+    """A tiny BD-layout ResNet for tests and the demo.
+
+    One block per stage, 16-channel stem, bottleneck widths 8/16/32/64, so the outputs have
+    32/64/128/256 channels.
+    """
+    return ResNet((1, 1, 1, 1), stem_channels=16, bottleneck_channels=(8, 16, 32, 64),
+                  layout=layout, norm=norm)
+
+
+__all__ = ["LAYOUTS", "BottleneckBlock", "PreActBottleneckBlock", "ResNet", "ResNetStem",
+           "resnet50", "resnet_tiny"]
