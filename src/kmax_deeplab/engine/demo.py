@@ -153,6 +153,8 @@ def run_demo(output: str | Path = "demo_output", *, iters: int | None = None, qu
     cfg.solver.eval_period = 0  # evaluated once, at the end
     cfg.solver.log_period = max(1, min(cfg.solver.log_period, iters))
     cfg.solver.device = "cpu"
+    if quick:
+        cfg.solver.batch_size = 2
     echo(f"[demo] 2/5 training {cfg.name} from scratch on CPU: {iters} steps of "
          f"{cfg.solver.batch_size} images ({cfg.model.image_size[0]}x{cfg.model.image_size[1]} canvas)")
     t = time.perf_counter()
