@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -82,9 +84,14 @@ def test_bilinear_image_agrees_with_ids_inside_segments(rec, jit, seed):
     crop, lo, hi = jit
     out = LargeScaleJitter(crop, lo, hi, min_valid_pixels=-1)(rec, np.random.default_rng(seed))
     ids, img = out["panoptic"], out["image"]
+    # Bilinear blending reaches half a source pixel (f/2 output pixels at upscale f) past
+    # the nearest-neighbour boundary, plus one pixel of rounding: margin 2 up to f = 2
+    # (5x5 neighbourhood), wider for the larger upscales the strategy can draw.
+    f_max = hi * min(crop[0] / rec["panoptic"].shape[0], crop[1] / rec["panoptic"].shape[1])
+    r = max(2, math.ceil(f_max / 2) + 1)
     for sid in np.unique(ids):
-        # Pixels whose 5x5 neighbourhood is one segment see only that colour after resampling.
-        inner = ndimage.binary_erosion(ids == sid, structure=np.ones((5, 5)), border_value=0)
+        # Pixels whose (2r+1)^2 neighbourhood is one segment see only that colour after resampling.
+        inner = ndimage.binary_erosion(ids == sid, structure=np.ones((2 * r + 1, 2 * r + 1)), border_value=0)
         if sid != PAD_ID and inner.any():
             np.testing.assert_allclose(img[inner], colour_of(np.full(int(inner.sum()), sid)), atol=1e-3)
 

@@ -1,16 +1,49 @@
-"""``kmax convert``: placeholder parser, replaced when the feature lands."""
+"""``kmax convert``: foreign checkpoints -> the native format (safetensors + config.yaml).
+
+A thin layer over :func:`kmax_deeplab.checkpoints.zoo.convert_file`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+_EPILOG = """examples:
+  kmax convert --from deeplab2 kmax_resnet50_coco_train/ ./kmax_r50_coco --config coco/kmax_r50_deeplab2
+  kmax convert --from detectron2 kmax_r50.pth ./kmax_r50_coco_bd --config coco/kmax_r50
+  kmax convert --from imagenet convnext_tiny_22k_1k_384.pth ./init --config coco/kmax_convnext_tiny
+then: kmax predict --weights ./kmax_r50_coco IMAGES...
+"""
+
 
 def run(args: argparse.Namespace) -> int:
-    print("kmax convert: not available in this build yet", file=sys.stderr)
-    return 2
+    from kmax_deeplab.checkpoints.zoo import convert_file
+
+    try:
+        out = convert_file(args.src, args.dst, source=args.source, preset=args.config, strict=not args.non_strict)
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError, ImportError) as e:
+        print(f"kmax convert: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}")
+    return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("convert", help="(not available yet)")
+    p = subparsers.add_parser(
+        "convert", prog="kmax convert", help="convert official/foreign checkpoints to the native format",
+        description="Convert a deeplab2 (TensorFlow), bytedance detectron2 or ImageNet-backbone checkpoint "
+                    "into a native folder (model.safetensors + config.yaml). Strict by default: every "
+                    "checkpoint tensor must be used and every model entry produced.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--from", dest="source", required=True, choices=("deeplab2", "detectron2", "imagenet"),
+                   help="checkpoint layout: deeplab2 = TF prefix, .index file or unpacked archive folder; "
+                        "detectron2 = bytedance/COCONut .pth or .pkl; imagenet = torchvision/detectron2 R-50 "
+                        "or FB/timm ConvNeXt backbone file (only the backbone is set)")
+    p.add_argument("src", help="checkpoint file, TF checkpoint prefix, or folder holding one TF checkpoint")
+    p.add_argument("dst", help="output folder (must not exist; written atomically)")
+    p.add_argument("--config", required=True,
+                   help="config preset (see `kmax info`) or YAML file of the model the weights belong to, "
+                        "e.g. coco/kmax_r50_deeplab2")
+    p.add_argument("--non-strict", action="store_true",
+                   help="allow leftover or missing entries (shapes must still match); for debugging only")
     p.set_defaults(func=run)

@@ -1,16 +1,154 @@
-"""``kmax predict``: placeholder parser, replaced when the feature lands."""
+"""``kmax predict``: panoptic predictions for images and folders, in the COCO-panoptic format.
+
+A thin layer over :class:`kmax_deeplab.engine.predictor.Predictor` and
+:class:`kmax_deeplab.engine.writers.PredictionWriter`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+from typing import Iterable, Sequence
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def collect_images(inputs: Iterable[str]) -> list[Path]:
+    """Expand files and folders (non-recursive, sorted; image suffixes only) into a file list.
+
+    Raises:
+        FileNotFoundError: an input path does not exist.
+    """
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files += sorted(p for p in path.iterdir()
+                            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"{path}: no such file or folder")
+    return files
+
+
+def _build_predictor(args: argparse.Namespace):
+    from kmax_deeplab.config import load_config
+    from kmax_deeplab.engine.predictor import Predictor
+
+    kwargs = dict(device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+                  compile=args.compile)
+    if args.model:
+        if args.overrides:
+            print("kmax predict: --opts is ignored with --model (the zoo config is used)",
+                  file=sys.stderr)
+        return Predictor.from_zoo(args.model, **kwargs)
+    config = args.config
+    if config is None and args.weights and Path(args.weights).is_dir():
+        from kmax_deeplab.checkpoints.native import CONFIG_NAME
+
+        config = Path(args.weights) / CONFIG_NAME  # the checkpoint's own config
+    cfg = load_config(config or "coco/kmax_r50", args.overrides)
+    if not args.weights:
+        print("=" * 72 + "\nWARNING: no --weights or --model given: the model has RANDOM "
+              "weights.\nIts predictions are meaningless; use this only to test the "
+              "pipeline.\n" + "=" * 72, file=sys.stderr)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the random-weights warning is above
+        return Predictor.from_config(cfg, args.weights, **kwargs)
+
+
+def predict_files(predictor, files: Sequence[Path], output: str | Path, *, overlay: bool = True,
+                  progress: bool = True) -> tuple[int, list[str]]:
+    """Predict ``files`` and write ``<stem>.png``, ``<stem>_overlay.jpg`` and ``predictions.json``.
+
+    An unreadable file is reported on stderr (naming it) and skipped.
+
+    Returns:
+        ``(number written, list of error messages)``.
+    """
+    from tqdm import tqdm
+
+    from kmax_deeplab.engine.predictor import load_image
+    from kmax_deeplab.engine.writers import PredictionWriter
+
+    writer = PredictionWriter(output, predictor.meta.categories, overlay=overlay)
+    errors: list[str] = []
+    done = 0
+    bar = tqdm(total=len(files), unit="img", disable=not progress, file=sys.stderr)
+    for start in range(0, len(files), predictor.batch_size):
+        chunk, arrays = [], []
+        for path in files[start:start + predictor.batch_size]:
+            try:
+                arrays.append(load_image(path))
+                chunk.append(path)
+            except (OSError, ValueError) as e:
+                msg = f"skipping {path}: {e}"
+                errors.append(msg)
+                tqdm.write(f"kmax predict: {msg}", file=sys.stderr)
+                bar.update(1)
+        if not arrays:
+            continue
+        for path, image, pred in zip(chunk, arrays, predictor.predict_arrays(arrays)):
+            writer.add(path, image, pred)
+            done += 1
+            bar.update(1)
+    bar.close()
+    if done:
+        writer.finish()
+    return done, errors
 
 
 def run(args: argparse.Namespace) -> int:
-    print("kmax predict: not available in this build yet", file=sys.stderr)
-    return 2
+    try:
+        files = collect_images(args.inputs)
+    except FileNotFoundError as e:
+        print(f"kmax predict: {e}", file=sys.stderr)
+        return 2
+    if not files:
+        print("kmax predict: no images found in " + ", ".join(args.inputs), file=sys.stderr)
+        return 2
+    try:
+        predictor = _build_predictor(args)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        print(f"kmax predict: {e}", file=sys.stderr)
+        return 2
+    done, errors = predict_files(predictor, files, args.output, overlay=not args.no_overlay,
+                                 progress=not args.quiet)
+    print(f"kmax predict: wrote {done} prediction(s) to {args.output}"
+          + (f"; skipped {len(errors)} unreadable file(s)" if errors else ""), file=sys.stderr)
+    return 0 if done else 1
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("predict", help="(not available yet)")
+    p = subparsers.add_parser(
+        "predict", help="panoptic predictions for images/folders (COCO-panoptic PNG + JSON)",
+        description="Predict panoptic segmentations. Writes, per image, <stem>.png (COCO-panoptic "
+                    "ids, id = R + 256*G + 256^2*B) and <stem>_overlay.jpg, plus one "
+                    "predictions.json in the COCO-panoptic format (images, annotations with "
+                    "segments_info and scores, categories). Unreadable files are reported and "
+                    "skipped; the exit code is non-zero only when nothing could be processed.")
+    p.add_argument("inputs", nargs="+", metavar="IMAGES_OR_FOLDERS",
+                   help="image files and/or folders of images (not recursive)")
+    p.add_argument("--output", "-o", required=True, help="output folder (created if needed)")
+    p.add_argument("--config", default=None,
+                   help="config preset name (see `kmax info`) or YAML file; default "
+                        "coco/kmax_r50, or the config inside a --weights checkpoint folder")
+    p.add_argument("--weights", default=None,
+                   help="native checkpoint folder (model.safetensors + config.yaml) or a "
+                        ".safetensors file with our key names")
+    p.add_argument("--model", default=None, help="model-zoo name (downloaded and cached)")
+    p.add_argument("--opts", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="config overrides, e.g. postprocess.thing_threshold=0.5 "
+                        "model.image_size=[641,641]")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1, mps")
+    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="autocast dtype of the forward pass (post-processing is fp32)")
+    p.add_argument("--compile", action="store_true", help="wrap the model in torch.compile")
+    p.add_argument("--no-overlay", action="store_true", help="do not write <stem>_overlay.jpg")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

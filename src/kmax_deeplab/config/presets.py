@@ -103,7 +103,11 @@ def _tiny() -> Config:
                         train_json="train/panoptic.json", train_panoptic_dir="train/panoptic",
                         val_image_dir="val/images", val_json="val/panoptic.json",
                         val_panoptic_dir="val/panoptic", crop_size=(129, 129),
-                        min_scale=0.5, max_scale=1.5, min_valid_pixels=64, num_workers=0),
+                        min_scale=0.5, max_scale=1.5, min_valid_pixels=64, num_workers=0,
+                        # Off for the 600-iteration CPU demo: it underfits rather than overfits,
+                        # object colours are already random, and half-scale pasted things on a
+                        # 129 canvas are mostly below the stride-4 target resolution.
+                        color_jitter=False, copy_paste=False),
         loss=LossConfig(instance_sample_k=512, instance_sample_temperature=1.5,
                         semantic_sample_k=512, semantic_sample_temperature=2.0),
         solver=SolverConfig(batch_size=8, max_iters=600, base_lr=1e-3, warmup_iters=50,

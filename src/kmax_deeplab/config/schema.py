@@ -127,6 +127,8 @@ class DataConfig:
     max_scale: float = 2.0
     flip: bool = True
     min_valid_pixels: int = 4096  # re-sample crops with <= this many stride-4 valid pixels
+    color_jitter: bool = True  # BD SSD colour jitter (data/photometric.py)
+    copy_paste: bool = True  # BD panoptic copy-paste, second image at 0.5x scale (data/copy_paste.py)
     on_bad_sample: str = "raise"  # or "skip"
     num_workers: int = 4
 

@@ -48,7 +48,10 @@ class COCOPanopticDataset(Dataset):
         panoptic_dir: folder of the panoptic PNGs.
         meta: the dataset's :class:`~kmax_deeplab.data.catalog.DatasetMeta`.
         transforms: callable ``(record, rng) -> record`` applied jointly to image and ids
-            (see :mod:`kmax_deeplab.data.transforms`); ``None`` keeps the original size.
+            (see :mod:`kmax_deeplab.data.transforms`); ``None`` keeps the original size. A
+            transform with ``needs_second_sample = True`` (copy-paste,
+            :class:`~kmax_deeplab.data.copy_paste.PanopticCopyPaste`) is called as
+            ``(record, rng, second_record)`` with another sample drawn from the same ``rng``.
         on_bad_sample: ``"raise"`` (default) or ``"skip"``: warn, naming file and problem,
             and return the next valid sample instead.
         category_id_is_train_id: ``category_id`` in ``segments_info`` is the contiguous
@@ -130,9 +133,11 @@ class COCOPanopticDataset(Dataset):
         """Read and check sample ``index`` before any transform.
 
         Returns:
-            dict with ``image`` float32 ``[H, W, 3]``, ``panoptic`` int64 ``[H, W]`` segment
+            dict with ``image`` uint8 ``[H, W, 3]``, ``panoptic`` int32 ``[H, W]`` segment
             ids (0 = void unless listed), ``segments`` (list of ``{"id", "category_id",
-            "train_id", "iscrowd"}``), ``image_id``, ``file_name``, ``height``, ``width``.
+            "train_id", "iscrowd", "isthing"}``), ``image_id``, ``file_name``, ``height``,
+            ``width``. (Compact dtypes: the transforms move few bytes; ``build_sample``
+            makes the float32 image.)
 
         Raises:
             PanopticDataError: see the class docstring.
@@ -142,8 +147,8 @@ class COCOPanopticDataset(Dataset):
         png_path = self.panoptic_dir / rec["panoptic_file"]
         if not png_path.is_file():
             raise PanopticDataError(f"{png_path}: panoptic PNG not found (image_id {rec['image_id']!r})")
-        image = load_rgb_image(image_path)
-        ids = load_panoptic_png(png_path)
+        image = load_rgb_image(image_path, dtype=np.uint8)
+        ids = load_panoptic_png(png_path).astype(np.int32)  # ids < 256**3 fit
         h, w = image.shape[:2]
         if ids.shape != (h, w):
             raise PanopticDataError(
@@ -178,7 +183,8 @@ class COCOPanopticDataset(Dataset):
                         f"{png_path}: segment {sid} has unknown category id {cid} for dataset {meta.name}")
                 tid = meta.category_id_to_train_id[cid]
             segments.append({"id": sid, "category_id": meta.train_id_to_category_id[tid],
-                             "train_id": tid, "iscrowd": int(bool(s.get("iscrowd", 0)))})
+                             "train_id": tid, "iscrowd": int(bool(s.get("iscrowd", 0))),
+                             "isthing": bool(meta.is_thing(tid))})
         present = set(np.unique(ids).tolist())
         unlisted = sorted(present - seen - {0})
         if unlisted:
@@ -200,8 +206,31 @@ class COCOPanopticDataset(Dataset):
         """Return sample ``index`` or raise :class:`PanopticDataError` (no skipping)."""
         record = self.load_record(index)
         if self.transforms is not None:
-            record = self.transforms(record, self._rng(index))
+            rng = self._rng(index)
+            if getattr(self.transforms, "needs_second_sample", False):
+                record = self.transforms(record, rng, self._second_record(index, rng))
+            else:
+                record = self.transforms(record, rng)
         return build_sample(record, self.meta)
+
+    def _second_record(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
+        """Record to paste onto sample ``index`` (copy-paste): BD's ``(index + U{0..n-1}) % n``.
+
+        With ``on_bad_sample="skip"`` a bad draw is warned about, remembered and re-drawn.
+        """
+        n = len(self)
+        for _ in range(n):
+            j = (index + int(rng.integers(0, n))) % n
+            if j in self._bad:
+                continue
+            try:
+                return self.load_record(j)
+            except PanopticDataError as e:
+                if self.on_bad_sample == "raise":
+                    raise PanopticDataError(f"copy-paste partner #{j} of sample #{index}: {e}") from e
+                self._bad.add(j)
+                warnings.warn(f"skipping bad copy-paste sample #{j}: {e}", RuntimeWarning, stacklevel=3)
+        raise PanopticDataError(f"{self.panoptic_json}: no valid copy-paste sample found for #{index}")
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if self.on_bad_sample == "raise":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -19,8 +20,8 @@ class PanopticDataError(ValueError):
     """A panoptic sample is malformed; the message names the file and the problem."""
 
 
-def load_rgb_image(path: str | Path, exif_transpose: bool = True) -> np.ndarray:
-    """Read an image as RGB float32 with values in 0..255.
+def load_rgb_image(path: str | Path, exif_transpose: bool = True, dtype: Any = np.float32) -> np.ndarray:
+    """Read an image as RGB float32 (or uint8) with values in 0..255.
 
     Accepts every mode Pillow reads: grayscale (``L``, ``1``), ``LA``, ``RGBA`` (alpha
     dropped), palette (``P``), ``CMYK``, 16-bit (``I;16``/``I``; scaled by 255/65535) and
@@ -30,13 +31,21 @@ def load_rgb_image(path: str | Path, exif_transpose: bool = True) -> np.ndarray:
     Args:
         path: image file.
         exif_transpose: rotate/flip according to the EXIF orientation tag.
+        dtype: ``np.float32`` (default) or ``np.uint8`` (8-bit images exactly; 16-bit and
+            float images rounded to 8 bits), the compact form the training transforms use.
 
     Returns:
-        float32 ``[H, W, 3]`` RGB in 0..255 (H, W after the EXIF rotation).
+        ``[H, W, 3]`` RGB in 0..255 of ``dtype`` (H, W after the EXIF rotation).
+
+    Raises:
+        ValueError: ``dtype`` is neither float32 nor uint8.
 
     Raises:
         PanopticDataError: missing, unreadable or truncated file.
     """
+    dtype = np.dtype(dtype)
+    if dtype not in (np.dtype(np.float32), np.dtype(np.uint8)):
+        raise ValueError(f"load_rgb_image: dtype must be float32 or uint8, got {dtype}")
     path = Path(path)
     if not path.is_file():
         raise PanopticDataError(f"{path}: image file not found")
@@ -47,7 +56,7 @@ def load_rgb_image(path: str | Path, exif_transpose: bool = True) -> np.ndarray:
                 im.load()
                 if exif_transpose:
                     im = ImageOps.exif_transpose(im)
-            arr = _to_rgb_array(im)
+            arr = _to_rgb_array(im, dtype)
     except PanopticDataError:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
@@ -55,8 +64,10 @@ def load_rgb_image(path: str | Path, exif_transpose: bool = True) -> np.ndarray:
     return arr
 
 
-def _to_rgb_array(im: Image.Image) -> np.ndarray:
+def _to_rgb_array(im: Image.Image, dtype: np.dtype) -> np.ndarray:
     mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F") and dtype == np.uint8:
+        return np.clip(np.rint(_to_rgb_array(im, np.dtype(np.float32))), 0, 255).astype(np.uint8)
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         a = np.asarray(im).astype(np.float64)
         # 16-bit PNGs open as "I;16" or "I" (32-bit container); scale the 16-bit range.
@@ -72,7 +83,7 @@ def _to_rgb_array(im: Image.Image) -> np.ndarray:
         im = im.convert("RGBA")
     if im.mode != "RGB":
         im = im.convert("RGB")
-    return np.asarray(im, dtype=np.float32).copy()
+    return np.asarray(im, dtype=dtype).copy()
 
 
 def load_panoptic_png(path: str | Path) -> np.ndarray:

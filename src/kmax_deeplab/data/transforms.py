@@ -8,10 +8,15 @@ ground truth has ``<= min_valid_pixels`` non-void pixels or no non-crowd segment
 re-sampled. Test time: resize the longer side to the canvas, pad bottom/right, and keep
 the valid region size to crop predictions back.
 
-Images use bilinear interpolation (antialiased when shrinking), ids use nearest. Every
-random choice comes from the ``numpy.random.Generator`` passed in, so runs are reproducible.
-Normalisation is not done here (the model does ``x / 127.5 - 1``). Colour jitter and
-copy-paste are not implemented yet.
+Images use bilinear interpolation (antialiased when shrinking, Pillow's resampler), ids use
+nearest. Resizing and cropping are fused: only the crop window is resampled (Pillow
+``resize(box=...)``, exactly the pixels of resize-then-crop), so a 2x scale of a COCO image
+never materialises a 2562-pixel canvas. The geometry works on one id map and the image in
+its own dtype (uint8 from the dataset, float32 allowed); the per-segment masks and the
+float image are built once at the end (:func:`~kmax_deeplab.data.record.build_sample`).
+Every random choice comes from the ``numpy.random.Generator`` passed in, so runs are
+reproducible. Normalisation is not done here (the model does ``x / 127.5 - 1``). Colour
+jitter: :mod:`kmax_deeplab.data.photometric`; copy-paste: :mod:`kmax_deeplab.data.copy_paste`.
 
 Transforms are callables ``(record, rng) -> record`` on the record format of
 :mod:`kmax_deeplab.data.record`.
@@ -26,11 +31,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
+from kmax_deeplab.data.photometric import ColorAugSSD
 from kmax_deeplab.data.record import PAD_ID
 
 __all__ = [
-    "PAD_VALUE", "resize", "crop", "hflip", "pad_to", "count_valid_stride4",
+    "PAD_VALUE", "resize", "resize_crop", "crop", "hflip", "pad_to", "count_valid_stride4",
     "LargeScaleJitter", "ResizeLongestAndPad", "Compose", "resize_longest_and_pad", "build_transforms",
 ]
 
@@ -40,31 +47,72 @@ PAD_VALUE = 127.5
 Record = dict[str, Any]
 
 
-def _resize_image(image: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
-    """Resize float32 ``[H, W, 3]`` to ``size`` = (h, w); ``mode`` bilinear or nearest."""
-    if image.shape[:2] == tuple(size):
-        return image
-    if mode == "nearest":
-        return image[np.ix_(_nearest_index(image.shape[0], size[0]), _nearest_index(image.shape[1], size[1]))]
-    # [H, W, 3] -> [1, 3, H, W] for interpolate, then back.
-    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
-    shrink = size[0] < image.shape[0] or size[1] < image.shape[1]
-    out = F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=shrink)
-    return out[0].permute(1, 2, 0).clamp_(0, 255).numpy()
-
-
 def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
     """Source index of each output pixel for nearest resizing (pixel-centre convention)."""
     return np.minimum(((np.arange(n_out) + 0.5) * (n_in / n_out)).astype(np.int64), n_in - 1)
 
 
+def _resample_window(image: np.ndarray, size: tuple[int, int], window: tuple[int, int, int, int],
+                     mode: str) -> np.ndarray:
+    """Window ``(top, left, h, w)`` of ``image`` resized to ``size``, without the full resize.
+
+    Args:
+        image: uint8 or float32 ``[H, W, 3]``.
+        size: (nh, nw) of the (virtual) fully resized image.
+        window: (top, left, h, w) inside the ``size`` canvas.
+        mode: ``"bilinear"`` (Pillow, antialiased when shrinking) or ``"nearest"``.
+
+    Returns:
+        ``[h, w, 3]`` of the input dtype.
+    """
+    top, left, th, tw = window
+    in_h, in_w = image.shape[:2]
+    if (in_h, in_w) == tuple(size):
+        return image[top:top + th, left:left + tw]
+    if mode == "nearest":
+        rows = _nearest_index(in_h, size[0])[top:top + th]
+        cols = _nearest_index(in_w, size[1])[left:left + tw]
+        return image[np.ix_(rows, cols)]
+    if mode != "bilinear":
+        raise ValueError(f"image_mode must be 'bilinear' or 'nearest', got {mode!r}")
+    # Output pixel x of the full resize samples source (x + 0.5) * in_w / nw - 0.5, so the
+    # window is the source box [left, left + tw] * in_w / nw (Pillow keeps the filter
+    # support of the full resize, i.e. antialiasing when shrinking).
+    fy, fx = in_h / size[0], in_w / size[1]
+    box = (left * fx, top * fy, (left + tw) * fx, (top + th) * fy)
+    if image.dtype == np.uint8:
+        im = Image.fromarray(np.ascontiguousarray(image), "RGB")
+        return np.asarray(im.resize((tw, th), Image.Resampling.BILINEAR, box=box))
+    # Float images: one Pillow "F" (float32) plane per channel, [H, W] x 3 -> [h, w, 3].
+    planes = [np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c], dtype=np.float32), "F")
+                         .resize((tw, th), Image.Resampling.BILINEAR, box=box)) for c in range(3)]
+    return np.clip(np.stack(planes, -1), 0, 255).astype(image.dtype, copy=False)
+
+
+def resize_crop(record: Record, size: tuple[int, int], window: tuple[int, int, int, int] | None = None,
+                image_mode: str = "bilinear") -> Record:
+    """Resize to ``size`` = (h, w) and crop ``window`` = (top, left, h, w) in one step.
+
+    Equal to :func:`resize` followed by :func:`crop` (ids: nearest; image: bilinear or
+    nearest), but only the window is computed.
+    """
+    ids = record["panoptic"]
+    if window is None:
+        window = (0, 0, int(size[0]), int(size[1]))
+    top, left, th, tw = window
+    if not (0 <= top and 0 <= left and top + th <= size[0] and left + tw <= size[1]):
+        raise ValueError(f"crop window {window} outside the resized {size[0]}x{size[1]} image")
+    out = dict(record)
+    out["image"] = _resample_window(record["image"], size, window, image_mode)
+    rows = _nearest_index(ids.shape[0], size[0])[top:top + th]
+    cols = _nearest_index(ids.shape[1], size[1])[left:left + tw]
+    out["panoptic"] = ids[np.ix_(rows, cols)]
+    return out
+
+
 def resize(record: Record, size: tuple[int, int], image_mode: str = "bilinear") -> Record:
     """Resize image (bilinear, or nearest) and ids (nearest) to ``size`` = (h, w)."""
-    ids = record["panoptic"]
-    out = dict(record)
-    out["image"] = _resize_image(record["image"], size, image_mode)
-    out["panoptic"] = ids[np.ix_(_nearest_index(ids.shape[0], size[0]), _nearest_index(ids.shape[1], size[1]))]
-    return out
+    return resize_crop(record, size, None, image_mode)
 
 
 def crop(record: Record, top: int, left: int, height: int, width: int) -> Record:
@@ -86,7 +134,10 @@ def hflip(record: Record) -> Record:
 def pad_to(record: Record, size: tuple[int, int], pad_value: float = PAD_VALUE) -> Record:
     """Pad bottom/right to ``size`` = (h, w): image with ``pad_value``, ids with ``PAD_ID``.
 
-    Sets ``valid_size`` to the unpadded (h, w).
+    Image and ids keep their dtypes. A uint8 image cannot hold 127.5, so its padding holds
+    ``round(pad_value)`` and the record gets ``pad_value``, which
+    :func:`~kmax_deeplab.data.record.build_sample` writes on every ``PAD_ID`` pixel of the
+    float image. Sets ``valid_size`` to the unpadded (h, w).
 
     Raises:
         ValueError: the record is larger than ``size``.
@@ -94,12 +145,15 @@ def pad_to(record: Record, size: tuple[int, int], pad_value: float = PAD_VALUE) 
     h, w = record["panoptic"].shape
     if h > size[0] or w > size[1]:
         raise ValueError(f"cannot pad {h}x{w} to smaller {size[0]}x{size[1]}")
-    image = np.full((size[0], size[1], 3), pad_value, dtype=np.float32)
-    image[:h, :w] = record["image"]
-    ids = np.full(size, PAD_ID, dtype=np.int64)
+    src = record["image"]
+    fill = pad_value if np.issubdtype(src.dtype, np.floating) else min(255, max(0, round(pad_value)))
+    image = np.full((size[0], size[1], 3), fill, dtype=src.dtype)
+    image[:h, :w] = src
+    ids = np.full(size, PAD_ID, dtype=record["panoptic"].dtype)
     ids[:h, :w] = record["panoptic"]
     out = dict(record)
     out["image"], out["panoptic"], out["valid_size"] = image, ids, (h, w)
+    out["pad_value"] = float(pad_value)
     return out
 
 
@@ -128,11 +182,16 @@ class LargeScaleJitter:
         max_tries: attempts before keeping the last crop (with a warning).
         pad_value: image value of padding.
         image_mode: ``"bilinear"`` (default) or ``"nearest"`` image interpolation.
+        color_jitter: optional photometric transform ``(image, rng) -> image`` (BD:
+            :class:`~kmax_deeplab.data.photometric.ColorAugSSD`), applied to the image of
+            every try after the resize, before the padding (BD order: resize, colour, crop,
+            flip; the jitter is per pixel, so jittering only the crop is the same).
     """
 
     def __init__(self, crop_size: Sequence[int], min_scale: float = 0.2, max_scale: float = 2.0,
                  flip: bool = True, min_valid_pixels: int = 4096, max_tries: int = 20,
-                 pad_value: float = PAD_VALUE, image_mode: str = "bilinear") -> None:
+                 pad_value: float = PAD_VALUE, image_mode: str = "bilinear",
+                 color_jitter: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None) -> None:
         if not 0 < min_scale <= max_scale:
             raise ValueError(f"need 0 < min_scale <= max_scale, got {min_scale}, {max_scale}")
         self.crop_size = (int(crop_size[0]), int(crop_size[1]))
@@ -142,6 +201,7 @@ class LargeScaleJitter:
         self.max_tries = int(max_tries)
         self.pad_value = pad_value
         self.image_mode = image_mode
+        self.color_jitter = color_jitter
 
     def sample_once(self, record: Record, rng: np.random.Generator) -> Record:
         """One random resize + crop + flip + pad, without the validity check."""
@@ -150,11 +210,12 @@ class LargeScaleJitter:
         s = rng.uniform(self.min_scale, self.max_scale)
         f = min(s * ch / h, s * cw / w)
         nh, nw = max(1, int(round(h * f))), max(1, int(round(w * f)))
-        out = resize(record, (nh, nw), self.image_mode)
         th, tw = min(nh, ch), min(nw, cw)
         top = int(rng.integers(0, nh - th + 1))
         left = int(rng.integers(0, nw - tw + 1))
-        out = crop(out, top, left, th, tw)
+        out = resize_crop(record, (nh, nw), (top, left, th, tw), self.image_mode)
+        if self.color_jitter is not None:
+            out["image"] = self.color_jitter(out["image"], rng)
         if self.flip and rng.random() < 0.5:
             out = hflip(out)
         return pad_to(out, self.crop_size, self.pad_value)
@@ -194,7 +255,7 @@ class ResizeLongestAndPad:
 
     def __call__(self, record: Record, rng: np.random.Generator | None = None) -> Record:
         h, w = record["panoptic"].shape
-        out = resize(record, _longest_side_size(h, w, self.size))
+        out = resize_crop(record, _longest_side_size(h, w, self.size))
         return pad_to(out, self.size, self.pad_value)
 
 
@@ -233,12 +294,30 @@ class Compose:
         return record
 
 
-def build_transforms(data_cfg: Any, is_train: bool) -> Callable[[Record, np.random.Generator], Record]:
+def build_transforms(data_cfg: Any, is_train: bool) -> Callable[..., Record]:
     """Build the transform for a DataConfig-like section (duck typed; spec §4).
 
-    Reads ``crop_size``, ``min_scale``, ``max_scale``, ``flip``, ``min_valid_pixels``.
+    Training (BD recipe): :class:`LargeScaleJitter` with SSD colour jitter
+    (``color_jitter``, default on) and, when ``copy_paste`` (default on), a
+    :class:`~kmax_deeplab.data.copy_paste.PanopticCopyPaste` whose pasted image uses the
+    halved scale range. Reads ``crop_size``, ``min_scale``, ``max_scale``, ``flip``,
+    ``min_valid_pixels`` and optionally ``color_jitter``, ``copy_paste``. Test time:
+    :class:`ResizeLongestAndPad`.
+
+    Returns:
+        ``(record, rng) -> record``, or ``(record, rng, second) -> record`` for copy-paste
+        (attribute ``needs_second_sample``; :class:`COCOPanopticDataset` handles both).
     """
-    if is_train:
-        return LargeScaleJitter(data_cfg.crop_size, data_cfg.min_scale, data_cfg.max_scale,
-                                flip=data_cfg.flip, min_valid_pixels=data_cfg.min_valid_pixels)
-    return ResizeLongestAndPad(data_cfg.crop_size)
+    if not is_train:
+        return ResizeLongestAndPad(data_cfg.crop_size)
+    jitter = ColorAugSSD() if getattr(data_cfg, "color_jitter", True) else None
+    main = LargeScaleJitter(data_cfg.crop_size, data_cfg.min_scale, data_cfg.max_scale, flip=data_cfg.flip,
+                            min_valid_pixels=data_cfg.min_valid_pixels, color_jitter=jitter)
+    if not getattr(data_cfg, "copy_paste", True):
+        return main
+    from kmax_deeplab.data.copy_paste import PanopticCopyPaste  # copy_paste imports this module
+
+    # BD build_transform_gen(cfg, is_train, scale_ratio=0.5) for the pasted image.
+    second = LargeScaleJitter(data_cfg.crop_size, 0.5 * data_cfg.min_scale, 0.5 * data_cfg.max_scale,
+                              flip=data_cfg.flip, min_valid_pixels=-1, color_jitter=jitter)
+    return PanopticCopyPaste(main, second, min_valid_pixels=data_cfg.min_valid_pixels)

@@ -1,0 +1,127 @@
+"""ImageNet-pretrained backbones -> our backbone state dict (keys without ``backbone.``).
+
+Supported files (read safely by :func:`~kmax_deeplab.checkpoints.safe_load.load_weights_file`):
+
+- torchvision ResNet-50 ``.pth``: ``conv1``/``bn1``/``layer{L}.{b}.conv{k}``/``bn{k}``/
+  ``downsample.{0,1}`` -> ``stem.conv1``/``stem.conv1.norm``/``res{L+1}.{b}.conv{k}``/
+  ``.conv{k}.norm``/``shortcut``/``shortcut.norm``; ``fc.*`` dropped.
+- detectron2 ``R-50.pkl`` (torchvision converted by detectron2's script): already
+  ``stem.conv1``/``res2.0.conv1`` names, with ``.norm``; ``linear.*``/``fc.*`` dropped.
+- official FB ConvNeXt (``{"model": ...}``, e.g. 22k->1k 384): same names as ours; the final
+  ``norm.*`` and the classifier ``head.*`` are dropped, as BD does.
+- timm ConvNeXt: ``stem.{0,1}``, ``stages.{i}.downsample.{0,1}``, ``stages.{i}.blocks.{j}.
+  {conv_dw, norm, mlp.fc1, mlp.fc2, gamma}`` -> ours; ``head.*``/``norm_pre.*`` dropped.
+
+Both ResNet backbones (``resnet50`` and ``resnet50_deeplab2``) use these names, so either
+accepts an ImageNet ResNet-50 (the deeplab2 one was pretrained with TF's own ResNet; a
+torchvision initialisation of it is only an initialisation).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from kmax_deeplab.checkpoints.detectron2 import to_numpy
+from kmax_deeplab.checkpoints.safe_load import load_weights_file
+from kmax_deeplab.checkpoints.table import (
+    CheckpointMismatchError,
+    Row,
+    apply_rows,
+    check_against_target,
+    target_shapes,
+)
+
+__all__ = ["IMAGENET_TABLES", "detect_imagenet_format", "convert_imagenet", "load_imagenet_backbone"]
+
+_P = r"(?P<p>weight|bias|running_mean|running_var|num_batches_tracked)"
+
+IMAGENET_TABLES: dict[str, tuple[tuple[Row, ...], tuple[str, ...]]] = {
+    "torchvision_resnet": ((
+        Row(r"conv1\.weight", "stem.conv1.weight"),
+        Row(rf"bn1\.{_P}", "stem.conv1.norm.{p}"),
+        Row(r"layer(?P<l>[1-4])\.(?P<b>\d+)\.conv(?P<k>[123])\.weight", "res{l:+1}.{b}.conv{k}.weight"),
+        Row(rf"layer(?P<l>[1-4])\.(?P<b>\d+)\.bn(?P<k>[123])\.{_P}", "res{l:+1}.{b}.conv{k}.norm.{p}"),
+        Row(r"layer(?P<l>[1-4])\.(?P<b>\d+)\.downsample\.0\.weight", "res{l:+1}.{b}.shortcut.weight"),
+        Row(rf"layer(?P<l>[1-4])\.(?P<b>\d+)\.downsample\.1\.{_P}", "res{l:+1}.{b}.shortcut.norm.{p}"),
+    ), (r"fc\..*",)),
+    "detectron2_resnet": ((
+        Row(r"(?P<r>stem\.conv1\..+)", "{r}"),
+        Row(r"(?P<r>res[2-5]\.\d+\.(?:conv[123]|shortcut)\..+)", "{r}"),
+    ), (r"fc\..*", r"linear\..*")),
+    "fb_convnext": ((
+        Row(r"(?P<r>downsample_layers\.\d\.[01]\.(?:weight|bias))", "{r}"),
+        Row(r"(?P<r>stages\.\d+\.\d+\.(?:gamma|(?:dwconv|norm|pwconv1|pwconv2)\.(?:weight|bias)))", "{r}"),
+    ), (r"norm\.(?:weight|bias)", r"head\..*")),
+    "timm_convnext": ((
+        Row(r"stem\.(?P<k>[01])\.(?P<p>weight|bias)", "downsample_layers.0.{k}.{p}"),
+        Row(r"stages\.(?P<i>[1-9])\.downsample\.(?P<k>[01])\.(?P<p>weight|bias)", "downsample_layers.{i}.{k}.{p}"),
+        Row(r"stages\.(?P<i>\d+)\.blocks\.(?P<j>\d+)\.conv_dw\.(?P<p>weight|bias)", "stages.{i}.{j}.dwconv.{p}"),
+        Row(r"stages\.(?P<i>\d+)\.blocks\.(?P<j>\d+)\.norm\.(?P<p>weight|bias)", "stages.{i}.{j}.norm.{p}"),
+        Row(r"stages\.(?P<i>\d+)\.blocks\.(?P<j>\d+)\.mlp\.fc(?P<k>[12])\.(?P<p>weight|bias)",
+            "stages.{i}.{j}.pwconv{k}.{p}"),
+        Row(r"stages\.(?P<i>\d+)\.blocks\.(?P<j>\d+)\.gamma", "stages.{i}.{j}.gamma"),
+    ), (r"head\..*", r"norm_pre\..*")),
+}
+
+
+def detect_imagenet_format(names: list[str]) -> str:
+    """Which table of :data:`IMAGENET_TABLES` fits these key names.
+
+    Raises:
+        CheckpointMismatchError: none does (message lists a few keys).
+    """
+    s = set(names)
+    if any(n.startswith("layer1.") for n in s):
+        return "torchvision_resnet"
+    if any(n.startswith(("stem.conv1.", "res2.")) for n in s):
+        return "detectron2_resnet"
+    if any(n.startswith("downsample_layers.") for n in s):
+        return "fb_convnext"
+    if any(n.startswith("stem.0.") for n in s) and any(".blocks." in n for n in s):
+        return "timm_convnext"
+    raise CheckpointMismatchError(f"unrecognised ImageNet checkpoint layout (first keys: {sorted(s)[:8]}); "
+                                  f"supported: torchvision/detectron2 ResNet-50, FB/timm ConvNeXt")
+
+
+def convert_imagenet(state: Mapping[str, np.ndarray | torch.Tensor], target: torch.nn.Module | Mapping[str, object],
+                     *, strict: bool = True, source: str = "ImageNet checkpoint") -> dict[str, torch.Tensor]:
+    """Convert an ImageNet backbone state dict to our backbone's names, checked against ``target``.
+
+    Args:
+        state: name -> tensor; a ``backbone.`` or ``module.`` prefix is removed first.
+        target: our backbone module (``model.backbone``), its state dict or name -> shape.
+        strict: every non-ignored entry used, every backbone entry produced.
+
+    Returns:
+        backbone state dict (no ``backbone.`` prefix): ``model.backbone.load_state_dict(sd)``.
+
+    Raises:
+        CheckpointMismatchError: unknown layout, leftovers or shape mismatches
+            (e.g. a ResNet-50 into a ConvNeXt backbone).
+    """
+    arrays = {}
+    for k, v in to_numpy(state).items():
+        for pre in ("module.", "backbone."):
+            if k.startswith(pre):
+                k = k[len(pre):]
+        arrays[k] = v
+    fmt = detect_imagenet_format(list(arrays))
+    rows, ignored = IMAGENET_TABLES[fmt]
+    converted, origin, unmatched = apply_rows(arrays, rows, ignored=ignored)
+    return check_against_target(converted, target_shapes(target), source=f"{source} ({fmt})",
+                                unmatched=unmatched, origin=origin, strict=strict)
+
+
+def load_imagenet_backbone(path: str | Path, backbone: torch.nn.Module, *, strict: bool = True) -> dict[str, torch.Tensor]:
+    """Read an ImageNet checkpoint safely, convert it and load it into ``backbone`` (strictly).
+
+    Returns:
+        The converted backbone state dict.
+    """
+    sd = convert_imagenet(load_weights_file(path), backbone, strict=strict, source=str(path))
+    backbone.load_state_dict(sd, strict=strict)
+    return sd

@@ -1,0 +1,303 @@
+"""The model zoo: official kMaX-DeepLab checkpoints, downloaded, converted once, cached.
+
+:func:`get_zoo_checkpoint` downloads the official file (urllib, tqdm progress bar),
+checks its SHA-256 when the table knows it, unpacks TF archives safely, converts to the
+native format (:func:`~kmax_deeplab.checkpoints.native.save_native`) and caches the
+result under ``$KMAX_CACHE`` or ``~/.cache/kmax_deeplab``. Nothing partial is ever left
+under the final cache name.
+
+No SHA-256 of the official archives was available when this table was written (the
+publishers do not list them), so ``sha256`` is None everywhere and a download is verified
+only by its successful, strict conversion (every tensor consumed, every model entry
+produced, every shape equal). Google-Drive files (bytedance, COCONut) may refuse scripted
+downloads; then download them in a browser and use ``kmax convert``.
+
+Axial-ResNet-50 (MaX-S) checkpoints are not listed: their backbone is not implemented
+(spec §5.2 caveat 2).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+__all__ = ["ZooEntry", "ZOO", "ZooError", "cache_root", "get_zoo_checkpoint", "convert_file", "safe_extract"]
+
+_TF = "https://storage.googleapis.com/gresearch/tf-deeplab/checkpoint/"
+
+
+def _gdrive(file_id: str) -> str:
+    return f"https://drive.google.com/uc?export=download&id={file_id}"
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One official checkpoint.
+
+    Attributes:
+        name: zoo name (``kmax predict --model NAME``).
+        url: where the publisher serves it.
+        source: ``"deeplab2"`` (TF ``.tar.gz``) or ``"bytedance"`` (detectron2 ``.pth``).
+        dataset: ``coco``, ``cityscapes``, ``ade20k``.
+        backbone: backbone name of our model.
+        preset: config preset that builds the matching model.
+        pq: published val PQ (spec §6; official evaluation script).
+        sha256: hex digest of the downloaded file, or None when unknown.
+        note: provenance remark.
+    """
+
+    name: str
+    url: str
+    source: str
+    dataset: str
+    backbone: str
+    preset: str
+    pq: float
+    sha256: str | None = None
+    note: str = ""
+
+
+def _tf(name: str, archive: str, dataset: str, backbone: str, preset: str, pq: float, note: str = "") -> ZooEntry:
+    return ZooEntry(name, f"{_TF}{archive}.tar.gz", "deeplab2", dataset, backbone, preset, pq, None, note)
+
+
+def _bd(name: str, file_id: str, dataset: str, backbone: str, preset: str, pq: float, note: str = "") -> ZooEntry:
+    return ZooEntry(name, _gdrive(file_id), "bytedance", dataset, backbone, preset, pq, None, note)
+
+
+_ENTRIES = [
+    # deeplab2 g3doc/projects/kmax_deeplab.md (TF, converted into the deeplab2-layout R50 / ConvNeXt).
+    _tf("kmax_r50_coco", "kmax_resnet50_coco_train", "coco", "resnet50_deeplab2", "coco/kmax_r50_deeplab2", 53.0),
+    _tf("kmax_convnext_tiny_coco", "kmax_convnext_tiny_coco_train", "coco", "convnext_tiny", "coco/kmax_convnext_tiny", 55.3),
+    _tf("kmax_convnext_small_coco", "kmax_convnext_small_coco_train", "coco", "convnext_small", "coco/kmax_convnext_small", 56.3),
+    _tf("kmax_convnext_base_coco", "kmax_convnext_base_coco_train", "coco", "convnext_base", "coco/kmax_convnext_base", 57.2),
+    _tf("kmax_convnext_large_coco", "kmax_convnext_large_coco_train", "coco", "convnext_large", "coco/kmax_convnext_large", 57.9),
+    _tf("kmax_convnext_large_coco_unlabeled", "kmax_convnext_large_coco_train_unlabeled", "coco", "convnext_large",
+        "coco/kmax_convnext_large", 58.1, "trained with the COCO unlabeled set"),
+    _tf("kmax_r50_cityscapes", "kmax_resnet50_cityscapes_train", "cityscapes", "resnet50_deeplab2",
+        "cityscapes/kmax_r50_deeplab2", 64.3),
+    _tf("kmax_convnext_tiny_cityscapes", "kmax_convnext_tiny_cityscapes_train", "cityscapes", "convnext_tiny",
+        "cityscapes/kmax_convnext_tiny", 66.3),
+    _tf("kmax_convnext_small_cityscapes", "kmax_convnext_small_cityscapes_train", "cityscapes", "convnext_small",
+        "cityscapes/kmax_convnext_small", 67.3),
+    _tf("kmax_convnext_base_cityscapes", "kmax_convnext_base_cityscapes_train", "cityscapes", "convnext_base",
+        "cityscapes/kmax_convnext_base", 68.0),
+    _tf("kmax_convnext_large_cityscapes", "kmax_convnext_large_cityscapes_train", "cityscapes", "convnext_large",
+        "cityscapes/kmax_convnext_large", 68.4),
+    _tf("kmax_convnext_large_ade20k_1281", "kmax_convnext_large_res1281_ade20k_train", "ade20k", "convnext_large",
+        "ade20k/kmax_convnext_large_1281", 50.9, "BD reports PQ 50.662 for this file ported"),
+    # bytedance/kmax-deeplab README (PyTorch-trained, detectron2 .pth on Google Drive).
+    _bd("kmax_r50_coco_bd", "1YB_5dct0U7ys2KTJNjDIqXLSZneWTyr-", "coco", "resnet50", "coco/kmax_r50", 53.3),
+    _bd("kmax_convnext_tiny_coco_bd", "1KAEztHbVG3Pvi6JnrCMtRYTgSFi7zr47", "coco", "convnext_tiny",
+        "coco/kmax_convnext_tiny", 55.5),
+    _bd("kmax_convnext_small_coco_bd", "1yRmGWrpUyXCL-QgAm00tRU981RhX2gG2", "coco", "convnext_small",
+        "coco/kmax_convnext_small", 56.7),
+    _bd("kmax_convnext_base_coco_bd", "18fWcWxeBw7HuKU-llu0hanBwaVYd7nB4", "coco", "convnext_base",
+        "coco/kmax_convnext_base", 57.2),
+    _bd("kmax_convnext_large_coco_bd", "1b6rEnKw4PNTdqSdWpmb0P9dsvN0pkOiN", "coco", "convnext_large",
+        "coco/kmax_convnext_large", 57.9),
+    _bd("kmax_r50_cityscapes_bd", "1v1bsifuF21ft7wMwgjJNSJu5JBowoNta", "cityscapes", "resnet50",
+        "cityscapes/kmax_r50", 63.5),
+    _bd("kmax_convnext_large_cityscapes_bd", "1dqY3fts8caCxjZCiHhFJKCCQMkDUWaoW", "cityscapes", "convnext_large",
+        "cityscapes/kmax_convnext_large", 68.4),
+    _bd("kmax_r50_ade20k_1281_bd", "1ayqi5WyzHzVJPOr4odZ08Iz2Z7mqTEoy", "ade20k", "resnet50",
+        "ade20k/kmax_r50_1281", 42.2),
+    _bd("kmax_convnext_large_ade20k_1281_bd", "12GQff3b4tozxGV2-L4wTUBKkmd7-aW5G", "ade20k", "convnext_large",
+        "ade20k/kmax_convnext_large_1281", 50.0),
+    # bytedance/coconut_cvpr2024 tutorials/kmaxdeeplab_panoptic (same layout as bytedance).
+    _bd("kmax_convnext_large_coconut_bd", "14S2QrJqnlbeSK2qMyD3i01eoup4XsVOq", "coco", "convnext_large",
+        "coco/kmax_convnext_large", 64.4, "COCONut-trained; PQ on relabeled COCO-val, not COCO val"),
+]
+
+#: name -> entry
+ZOO: Mapping[str, ZooEntry] = {e.name: e for e in _ENTRIES}
+
+
+class ZooError(RuntimeError):
+    """A zoo checkpoint could not be downloaded, verified or converted."""
+
+
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    """``cache_dir``, else ``$KMAX_CACHE``, else ``~/.cache/kmax_deeplab``."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    return Path(os.environ.get("KMAX_CACHE") or Path.home() / ".cache" / "kmax_deeplab")
+
+
+def _manual_hint(entry: ZooEntry) -> str:
+    kind = "deeplab2" if entry.source == "deeplab2" else "detectron2"
+    return (f"download {entry.url} yourself, then run\n"
+            f"  kmax convert --from {kind} FILE ./{entry.name} --config {entry.preset}\n"
+            f"  kmax predict --weights ./{entry.name} ...")
+
+
+def _download(url: str, dst: Path, progress: bool) -> str:
+    """Stream ``url`` into ``dst``; returns the SHA-256 hex digest."""
+    from tqdm import tqdm
+
+    digest = hashlib.sha256()
+    with urllib.request.urlopen(url, timeout=60) as resp, open(dst, "wb") as f:
+        total = int(resp.headers.get("Content-Length") or 0) or None
+        with tqdm(total=total, unit="B", unit_scale=True, desc=dst.name, disable=not progress) as bar:
+            while True:
+                chunk = resp.read(1 << 20)
+                if not chunk:
+                    break
+                f.write(chunk)
+                digest.update(chunk)
+                bar.update(len(chunk))
+        if total is not None and f.tell() != total:
+            raise ZooError(f"{url}: download truncated ({f.tell()} of {total} bytes)")
+    return digest.hexdigest()
+
+
+def safe_extract(archive: Path, dst: Path) -> None:
+    """Extract a tar archive, refusing absolute paths, ``..``, links and special files.
+
+    Raises:
+        ZooError: a member would land outside ``dst`` or is not a plain file/folder.
+    """
+    dst = dst.resolve()
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = tar.getmembers()
+            for m in members:
+                target = (dst / m.name).resolve()
+                if os.path.isabs(m.name) or ".." in Path(m.name).parts or not str(target).startswith(str(dst)):
+                    raise ZooError(f"{archive}: refusing unsafe path {m.name!r} in archive")
+                if not (m.isfile() or m.isdir()):
+                    raise ZooError(f"{archive}: refusing link or special file {m.name!r} in archive")
+            for m in members:
+                tar.extract(m, dst, set_attrs=False)
+    except tarfile.TarError as e:
+        raise ZooError(f"{archive}: not a valid tar archive ({e})") from None
+
+
+def convert_file(src: Path, dst: Path, *, source: str, preset: str, strict: bool = True,
+                 metadata: Mapping[str, str] | None = None) -> Path:
+    """Convert a foreign checkpoint into a native folder ``dst`` (see ``kmax convert``).
+
+    Args:
+        src: TF checkpoint prefix/folder (``deeplab2``), ``.pth``/``.pkl`` (``detectron2``),
+            or an ImageNet backbone file (``imagenet``; only the backbone is replaced,
+            the rest of the model keeps its initialisation).
+        dst: output folder; written only after a successful conversion (atomic rename).
+        source: ``deeplab2``, ``detectron2`` or ``imagenet``.
+        preset: config preset (or YAML path) that builds the target model.
+        strict: see the converters.
+
+    Raises:
+        CheckpointMismatchError, TFCheckpointError, UnsafeCheckpointError, ValueError.
+    """
+    from kmax_deeplab.checkpoints.native import save_native
+    from kmax_deeplab.config import load_config
+
+    cfg = load_config(preset)
+    model = _build_target_from_cfg(cfg)
+    if source == "deeplab2":
+        from kmax_deeplab.checkpoints.deeplab2_tf import load_deeplab2_checkpoint
+
+        sd = load_deeplab2_checkpoint(src, model, dataset=cfg.data.dataset, num_classes=cfg.model.num_classes,
+                                      backbone=cfg.model.backbone, strict=strict)
+    elif source == "detectron2":
+        from kmax_deeplab.checkpoints.detectron2 import load_detectron2_checkpoint
+
+        sd = load_detectron2_checkpoint(src, model, strict=strict)
+    elif source == "imagenet":
+        from kmax_deeplab.checkpoints.imagenet import load_imagenet_backbone
+
+        load_imagenet_backbone(src, model.backbone, strict=strict)
+        sd = model.state_dict()
+    else:
+        raise ValueError(f"unknown checkpoint source {source!r} (deeplab2, detectron2, imagenet)")
+    meta = {"source": source, "original": Path(src).name, **(metadata or {})}
+    dst = Path(dst)
+    if dst.exists():
+        raise FileExistsError(f"{dst}: already exists; choose a new output folder")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent if dst.parent.exists() else None))
+    try:
+        save_native(tmp, sd, cfg, meta)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dst
+
+
+def _build_target_from_cfg(cfg):
+    """The model a checkpoint is converted into (its names and shapes)."""
+    if _TARGET_OVERRIDE is not None:
+        return _TARGET_OVERRIDE(cfg)
+    from kmax_deeplab.modeling.kmax import build_kmax
+
+    return build_kmax(cfg.model)
+
+
+# Tests replace this with a function cfg -> target (module or name -> shape).
+_TARGET_OVERRIDE = None
+
+
+def get_zoo_checkpoint(name: str, *, cache_dir: str | Path | None = None, url: str | None = None,
+                       progress: bool = True) -> Path:
+    """Download, verify, convert and cache an official checkpoint; return its native folder.
+
+    Args:
+        name: a key of :data:`ZOO` (``kmax_r50_coco``, ...).
+        cache_dir: cache root (default ``$KMAX_CACHE`` or ``~/.cache/kmax_deeplab``).
+        url: override the download URL (a mirror, or ``file://`` of a local copy).
+        progress: show a tqdm progress bar.
+
+    Returns:
+        ``cache_root/name``, a folder for :func:`~kmax_deeplab.checkpoints.native.load_native`.
+
+    Raises:
+        KeyError: unknown name (the message lists the zoo).
+        ZooError: offline, HTTP error, SHA-256 mismatch or a failed conversion; the
+            message says how to convert a local file instead. No cache entry is left.
+    """
+    if name not in ZOO:
+        raise KeyError(f"unknown zoo checkpoint {name!r}; available: {', '.join(sorted(ZOO))}")
+    entry = ZOO[name]
+    root = cache_root(cache_dir)
+    final = root / name
+    if (final / "model.safetensors").is_file() and (final / "config.yaml").is_file():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    try:
+        src_url = url or entry.url
+        fname = src_url.rstrip("/").split("/")[-1].split("?")[0] or "download"
+        archive = work / ("download.tar.gz" if entry.source == "deeplab2" else "download.pth")
+        try:
+            digest = _download(src_url, archive, progress)
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            raise ZooError(f"cannot download {name} from {src_url} ({e}); {_manual_hint(entry)}") from None
+        if entry.sha256 is not None and digest != entry.sha256:
+            raise ZooError(f"{name}: SHA-256 mismatch for {fname} (got {digest}, expected {entry.sha256}); "
+                           f"the download is corrupt or changed. {_manual_hint(entry)}")
+        if entry.source == "deeplab2":
+            extracted = work / "extracted"
+            safe_extract(archive, extracted)
+            src = extracted
+        else:
+            src = archive
+        try:
+            convert_file(src, work / "native", source="deeplab2" if entry.source == "deeplab2" else "detectron2",
+                         preset=entry.preset, metadata={"zoo_name": name, "url": src_url, "sha256": digest})
+        except Exception as e:
+            raise ZooError(f"{name}: the downloaded file does not convert ({e}). {_manual_hint(entry)}") from e
+        if final.exists():  # a concurrent process finished first
+            return final
+        os.replace(work / "native", final)
+        return final
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

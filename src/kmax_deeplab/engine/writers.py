@@ -1,0 +1,132 @@
+"""Writing predictions in the COCO-panoptic format: id PNGs, ``predictions.json``, overlays.
+
+A panoptic PNG stores segment id ``id = R + 256*G + 256^2*B`` per pixel (0 = void), and the
+JSON lists ``images``, ``annotations`` (``image_id``, ``file_name`` of the PNG,
+``segments_info``) and ``categories`` -- what ``panopticapi.evaluation.pq_compute`` reads.
+Every file is written atomically (:mod:`kmax_deeplab.fileio`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+from kmax_deeplab.fileio import atomic_write_bytes, atomic_write_text
+
+PREDICTIONS_JSON = "predictions.json"
+
+
+def id_to_rgb(panoptic: np.ndarray) -> np.ndarray:
+    """Encode segment ids as COCO-panoptic colours.
+
+    Args:
+        panoptic: ``[H, W]`` integer ids in ``0 .. 256^3 - 1``.
+
+    Returns:
+        ``[H, W, 3]`` uint8 with ``id = R + 256*G + 256^2*B``.
+
+    Raises:
+        ValueError: an id is negative or does not fit in 24 bits.
+    """
+    ids = np.asarray(panoptic).astype(np.int64)
+    if ids.size and (ids.min() < 0 or ids.max() >= 256 ** 3):
+        raise ValueError(f"panoptic ids must lie in [0, 2^24), got {ids.min()}..{ids.max()}")
+    # [H, W] -> [H, W, 3] base-256 digits, least significant first
+    return np.stack([ids % 256, ids // 256 % 256, ids // 256 ** 2], axis=-1).astype(np.uint8)
+
+
+def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`id_to_rgb`: ``[H, W, 3]`` uint8 -> ``[H, W]`` int32."""
+    rgb = np.asarray(rgb).astype(np.int32)
+    return rgb[..., 0] + 256 * rgb[..., 1] + 256 ** 2 * rgb[..., 2]
+
+
+def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def write_panoptic_png(path: str | Path, panoptic: np.ndarray) -> None:
+    """Write ``panoptic`` ``[H, W]`` ids as a COCO-panoptic PNG (atomically)."""
+    atomic_write_bytes(path, _encode(Image.fromarray(id_to_rgb(panoptic)), "PNG"))
+
+
+def json_safe_segments(segments_info: Sequence[dict]) -> list[dict]:
+    """Plain-Python copies of ``segments_info`` (ints, bools, floats) for ``json.dumps``."""
+    return [{"id": int(s["id"]), "category_id": int(s["category_id"]),
+             "isthing": int(bool(s["isthing"])), "score": round(float(s["score"]), 6),
+             "area": int(s["area"])} for s in segments_info]
+
+
+def image_id_for(stem: str) -> int | str:
+    """COCO convention: a numeric file stem (``000000142238``) is the integer image id."""
+    return int(stem) if stem.isdigit() else stem
+
+
+class PredictionWriter:
+    """Accumulates predictions of a folder run and writes PNGs, overlays and one JSON.
+
+    Args:
+        output_dir: folder receiving ``<stem>.png``, ``<stem>_overlay.jpg`` and
+            ``predictions.json``.
+        categories: COCO-panoptic category dicts (``id``, ``name``, ``isthing``, ``color``).
+        overlay: also write overlays through :func:`kmax_deeplab.visualize.draw_overlay`.
+    """
+
+    def __init__(self, output_dir: str | Path, categories: Sequence[dict], *, overlay: bool = True):
+        self.output_dir = Path(output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.categories = [dict(c) for c in categories]
+        self.overlay = overlay
+        self.images: list[dict[str, Any]] = []
+        self.annotations: list[dict[str, Any]] = []
+        self._stems: set[str] = set()
+
+    def _unique_stem(self, stem: str) -> str:
+        candidate, k = stem, 1
+        while candidate in self._stems:
+            candidate, k = f"{stem}_{k}", k + 1
+        self._stems.add(candidate)
+        return candidate
+
+    def add(self, source: str | Path, image: np.ndarray, prediction: dict) -> str:
+        """Write the files of one image and remember its JSON entries.
+
+        Args:
+            source: the input file (its stem names the outputs; clashes get ``_1``, ``_2``).
+            image: ``[H, W, 3]`` uint8 RGB, the original image.
+            prediction: a :class:`~kmax_deeplab.engine.predictor.Predictor` result.
+
+        Returns:
+            The stem used for this image's files.
+        """
+        stem = self._unique_stem(Path(source).stem)
+        panoptic = prediction["panoptic"]
+        height, width = panoptic.shape
+        write_panoptic_png(self.output_dir / f"{stem}.png", panoptic)
+        if self.overlay:
+            from kmax_deeplab.visualize import draw_overlay
+
+            pil = draw_overlay(image, panoptic, prediction["segments_info"], self.categories)
+            atomic_write_bytes(self.output_dir / f"{stem}_overlay.jpg",
+                               _encode(pil.convert("RGB"), "JPEG", quality=90))
+        image_id = image_id_for(stem)
+        self.images.append({"id": image_id, "file_name": Path(source).name, "height": int(height),
+                            "width": int(width)})
+        self.annotations.append({"image_id": image_id, "file_name": f"{stem}.png",
+                                 "segments_info": json_safe_segments(prediction["segments_info"])})
+        return stem
+
+    def finish(self) -> Path:
+        """Write ``predictions.json`` (COCO-panoptic) atomically and return its path."""
+        path = self.output_dir / PREDICTIONS_JSON
+        data = {"images": self.images, "annotations": self.annotations,
+                "categories": self.categories}
+        atomic_write_text(path, json.dumps(data))
+        return path

@@ -1,0 +1,337 @@
+"""Panoptic and semantic post-processing of mask-transformer outputs (pure functions).
+
+Implements the "maskwise" merging of spec ``kmax_deeplab.md`` §3, as the bytedance (BD)
+port runs it, with the deeplab2 (TF) behaviour behind ``variant="deeplab2"``:
+
+==========================  =====================================  ==================================
+step                        bytedance (default)                    deeplab2
+==========================  =====================================  ==================================
+mask logits resolution      upsample to canvas, crop the valid     upsample to canvas; merge there,
+                            region, resize to the output size      then crop and resize (nearest)
+mask score for reordering   at the output resolution               at the stride-4 logit resolution
+class threshold             ``score > thr``                        ``score >= thr``
+area limits                 none                                   per thing mask / per stuff class
+==========================  =====================================  ==================================
+
+Both: class probabilities are a softmax over ``C+1`` with void dropped; mask probabilities
+a softmax over queries at each pixel; binary masks ``prob > pixel_confidence_threshold``;
+queries sorted by ``cls^w_c * mask^w_m`` (stable, descending); a query is kept when its
+*class* probability passes its thing/stuff threshold and more than ``overlap_threshold``
+of its binary mask is still unassigned; only unassigned pixels are painted; all stuff
+queries of one class form one segment; unpainted pixels are void (id 0).
+
+Nothing here reads a config: the caller passes thresholds (``PostProcessConfig``), the
+catalog's thing flags and category ids, and the geometry (canvas, valid region, output size).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["resize_mask_logits", "panoptic_inference", "semantic_inference",
+           "semantic_probabilities"]
+
+VARIANTS = ("bytedance", "deeplab2")
+
+
+def _pair(size: Sequence[int] | None, default: tuple[int, int]) -> tuple[int, int]:
+    if size is None:
+        return default
+    h, w = (int(s) for s in size)
+    if h <= 0 or w <= 0:
+        raise ValueError(f"sizes must be positive, got {tuple(size)}")
+    return h, w
+
+
+def _geometry(pred_masks: Tensor, canvas_size, valid_size, output_size, align_corners):
+    """Resolve the default geometry: canvas = logits size, valid = canvas, output = valid."""
+    if pred_masks.dim() != 3:
+        raise ValueError(f"pred_masks must be [N, h, w], got shape {tuple(pred_masks.shape)}")
+    canvas = _pair(canvas_size, tuple(pred_masks.shape[-2:]))
+    valid = _pair(valid_size, canvas)
+    if valid[0] > canvas[0] or valid[1] > canvas[1]:
+        raise ValueError(f"valid_size {valid} exceeds canvas_size {canvas}")
+    output = _pair(output_size, valid)
+    if align_corners is None:
+        # BD switches align_corners on whenever the canvas width is odd (spec §1).
+        align_corners = canvas[1] % 2 == 1
+    return canvas, valid, output, bool(align_corners)
+
+
+def _resize(x: Tensor, size: tuple[int, int], align_corners: bool) -> Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x  # bilinear resizing to the same size is the identity either way
+    # [n, h, w] -> [1, n, h, w] -> [n, H, W]
+    return F.interpolate(x[None], size=size, mode="bilinear", align_corners=align_corners)[0]
+
+
+def resize_mask_logits(pred_masks: Tensor, *, canvas_size: Sequence[int] | None = None,
+                       valid_size: Sequence[int] | None = None,
+                       output_size: Sequence[int] | None = None,
+                       align_corners: bool | None = None, chunk: int = 16) -> Tensor:
+    """Bring stride-4 mask logits to the original image size, as BD's inference does.
+
+    The logits are upsampled (bilinear) to the padded ``canvas_size``, cropped to the
+    top-left ``valid_size`` region that holds the resized image, and resized (bilinear)
+    to ``output_size``. Queries are processed ``chunk`` at a time so the canvas-sized
+    intermediate stays small.
+
+    Args:
+        pred_masks: ``[N, h, w]`` mask logits (any float dtype; computed in float32).
+        canvas_size: ``(H, W)`` of the padded model input; default ``(h, w)`` (no upsampling).
+        valid_size: ``(Hv, Wv)`` of the image inside the canvas; default the canvas.
+        output_size: ``(Ho, Wo)`` of the original image; default ``valid_size``.
+        align_corners: bilinear mode; ``None`` = BD's rule (on when the canvas width is odd).
+        chunk: queries resized at once.
+
+    Returns:
+        ``[N, Ho, Wo]`` float32 logits.
+
+    Raises:
+        ValueError: ``pred_masks`` is not 3-D, a size is not positive, or ``valid_size``
+            exceeds ``canvas_size``.
+    """
+    canvas, valid, output, ac = _geometry(pred_masks, canvas_size, valid_size, output_size,
+                                          align_corners)
+    out = []
+    for start in range(0, pred_masks.shape[0], max(1, chunk)):
+        x = _resize(pred_masks[start:start + chunk].float(), canvas, ac)
+        x = x[:, :valid[0], :valid[1]]
+        out.append(_resize(x, output, ac))
+    if not out:
+        return pred_masks.new_zeros((0, *output), dtype=torch.float32)
+    return torch.cat(out, 0)
+
+
+def _class_scores(pred_logits: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+    if pred_logits.dim() != 2 or pred_logits.shape[1] != num_classes + 1:
+        raise ValueError(f"pred_logits must be [N, C+1] = [N, {num_classes + 1}] (void last), "
+                         f"got shape {tuple(pred_logits.shape)}")
+    # softmax over C+1, then drop void (spec §3 step 1)
+    probs = pred_logits.float().softmax(-1)[:, :-1]
+    return probs.max(-1)
+
+
+def _mask_scores(mask_prob: Tensor, binary: Tensor) -> Tensor:
+    """Mean of ``mask_prob`` over each binary mask; 0 for an empty mask. ``[N, H, W] -> [N]``."""
+    # [N, H, W] -> [N, H*W]
+    binary_f = binary.flatten(1).float()
+    total = (mask_prob.flatten(1) * binary_f).sum(1)
+    return total / binary_f.sum(1).clamp(min=1.0)
+
+
+def _merge(order: Tensor, cls_scores: Tensor, cls_labels: Tensor, binary: Tensor,
+           thing_flags: Tensor, *, thing_threshold: float, stuff_threshold: float,
+           overlap_threshold: float, inclusive: bool) -> tuple[Tensor, list[dict[str, Any]]]:
+    """Paint queries in ``order`` onto an empty id map (spec §3 step 5).
+
+    Returns ``(ids [H, W] int32, segments)``; each segment carries its train id, thing flag,
+    the class score and the rank (0-based position in ``order``) of the query that opened it.
+    """
+    ids = torch.zeros(binary.shape[-2:], dtype=torch.int32, device=binary.device)
+    segments: list[dict[str, Any]] = []
+    stuff_segment: dict[int, int] = {}
+    for rank, q in enumerate(order.tolist()):
+        label = int(cls_labels[q])
+        score = float(cls_scores[q])
+        thing = bool(thing_flags[label])
+        thr = thing_threshold if thing else stuff_threshold
+        if not (score >= thr if inclusive else score > thr):
+            continue
+        mask = binary[q]
+        original = int(mask.sum())
+        new_mask = mask & (ids == 0)
+        new = int(new_mask.sum())
+        if not new > original * overlap_threshold:
+            continue
+        if not thing and label in stuff_segment:
+            ids[new_mask] = stuff_segment[label]
+            continue
+        seg_id = len(segments) + 1
+        if not thing:
+            stuff_segment[label] = seg_id
+        ids[new_mask] = seg_id
+        segments.append({"id": seg_id, "train_id": label, "isthing": thing, "score": score,
+                         "rank": rank})
+    return ids, segments
+
+
+def _area_filter(ids: Tensor, segments: list[dict[str, Any]], thing_area_limit: int,
+                 stuff_area_limit: int) -> None:
+    """deeplab2's ``_filter_by_count``: segments with fewer pixels than their limit -> void.
+
+    Thing segments are counted per mask id, stuff per class; as stuff of one class is one
+    segment here, both are counts per segment id. Modifies ``ids`` in place.
+    """
+    counts = torch.bincount(ids.flatten().long(), minlength=len(segments) + 1)
+    for seg in segments:
+        limit = thing_area_limit if seg["isthing"] else stuff_area_limit
+        if limit > 0 and int(counts[seg["id"]]) < limit:
+            ids[ids == seg["id"]] = 0
+
+
+def _crop_resize_nearest(ids: Tensor, valid: tuple[int, int], output: tuple[int, int]) -> Tensor:
+    ids = ids[:valid[0], :valid[1]]
+    if tuple(ids.shape) == tuple(output):
+        return ids.contiguous()
+    # [Hv, Wv] -> [1, 1, Hv, Wv] (float for interpolate) -> [Ho, Wo]
+    out = F.interpolate(ids[None, None].float(), size=output, mode="nearest")[0, 0]
+    return out.round().to(torch.int32)
+
+
+def panoptic_inference(
+    pred_logits: Tensor,
+    pred_masks: Tensor,
+    *,
+    is_thing: Sequence[bool],
+    train_id_to_category_id: Sequence[int] | None = None,
+    thing_threshold: float = 0.7,
+    stuff_threshold: float = 0.5,
+    overlap_threshold: float = 0.8,
+    pixel_confidence_threshold: float = 0.4,
+    class_weight: float = 1.0,
+    mask_weight: float = 1.0,
+    canvas_size: Sequence[int] | None = None,
+    valid_size: Sequence[int] | None = None,
+    output_size: Sequence[int] | None = None,
+    align_corners: bool | None = None,
+    variant: str = "bytedance",
+    thing_area_limit: int = 0,
+    stuff_area_limit: int = 0,
+    return_label_map: bool = False,
+    label_divisor: int = 256,
+    ignore_label: int = 0,
+):
+    """Mask-wise panoptic merging of one image's prediction (spec §3).
+
+    Args:
+        pred_logits: ``[N, C+1]`` class logits of one image, void last.
+        pred_masks: ``[N, h, w]`` mask logits of one image (stride 4 of the canvas, or any
+            size when ``canvas_size`` is ``None``).
+        is_thing: length ``C``; ``is_thing[train_id]`` is True for thing classes.
+        train_id_to_category_id: length ``C``; dataset category id of each train id
+            (default: the train id itself).
+        thing_threshold / stuff_threshold: class-probability thresholds (COCO 0.7 / 0.5).
+        overlap_threshold: a query is dropped unless more than this fraction of its binary
+            mask is still unassigned (COCO 0.8).
+        pixel_confidence_threshold: binary mask = mask probability above this (0.4).
+        class_weight / mask_weight: exponents ``w_c``, ``w_m`` of the reorder score.
+        canvas_size: ``(H, W)`` padded model input the logits cover; default the logits size.
+        valid_size: ``(Hv, Wv)`` top-left region of the canvas holding the image.
+        output_size: ``(Ho, Wo)`` original image size; default ``valid_size``.
+        align_corners: bilinear mode; ``None`` = on when the canvas width is odd (BD).
+        variant: ``"bytedance"`` or ``"deeplab2"`` (see the module docstring).
+        thing_area_limit / stuff_area_limit: deeplab2 only; segments with fewer pixels at
+            canvas resolution become void (0 = off; COCO 400 / 6400).
+        return_label_map: also return ``semantic * label_divisor + instance`` with
+            semantic = the category id, thing instance = query rank + 1, stuff instance 0,
+            void = ``ignore_label * label_divisor``.
+        label_divisor / ignore_label: for the label map (COCO 256 / 0).
+
+    Returns:
+        ``(panoptic, segments_info)`` or, with ``return_label_map``,
+        ``(panoptic, segments_info, label_map)``: ``panoptic`` ``[Ho, Wo]`` int32 segment ids
+        (0 = void); ``segments_info`` a list of ``{"id", "category_id", "isthing", "score",
+        "area"}`` in id order (``score`` = class probability of the highest-ranked query of
+        the segment, ``area`` = its pixel count in ``panoptic``); ``label_map`` ``[Ho, Wo]``
+        int64. Tensors are on the device of the inputs.
+
+    Raises:
+        ValueError: bad shapes, an unknown ``variant``, or ``is_thing`` /
+            ``train_id_to_category_id`` not of length ``C``.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    num_classes = len(is_thing)
+    if train_id_to_category_id is None:
+        train_id_to_category_id = list(range(num_classes))
+    if len(train_id_to_category_id) != num_classes:
+        raise ValueError(f"train_id_to_category_id has {len(train_id_to_category_id)} entries, "
+                         f"is_thing has {num_classes}")
+    if pred_masks.dim() != 3 or pred_masks.shape[0] != pred_logits.shape[0]:
+        raise ValueError(f"pred_masks must be [N, h, w] with N = {pred_logits.shape[0]}, got "
+                         f"shape {tuple(pred_masks.shape)}")
+    canvas, valid, output, ac = _geometry(pred_masks, canvas_size, valid_size, output_size,
+                                          align_corners)
+    cls_scores, cls_labels = _class_scores(pred_logits, num_classes)
+    thing_flags = torch.tensor([bool(t) for t in is_thing])
+    kwargs = dict(thing_threshold=thing_threshold, stuff_threshold=stuff_threshold,
+                  overlap_threshold=overlap_threshold)
+
+    if variant == "bytedance":
+        logits = resize_mask_logits(pred_masks, canvas_size=canvas, valid_size=valid,
+                                    output_size=output, align_corners=ac)
+        mask_prob = logits.softmax(0)  # softmax over queries at each pixel
+        binary = mask_prob > pixel_confidence_threshold
+        mask_scores = _mask_scores(mask_prob, binary)
+        del mask_prob
+        reorder = cls_scores.pow(class_weight) * mask_scores.pow(mask_weight)
+        order = torch.argsort(reorder.cpu(), descending=True, stable=True)
+        ids, segments = _merge(order, cls_scores.cpu(), cls_labels.cpu(), binary, thing_flags,
+                               inclusive=False, **kwargs)
+    else:
+        # deeplab2: reorder scores at the logit resolution ...
+        prob_lr = pred_masks.float().softmax(0)
+        mask_scores = _mask_scores(prob_lr, prob_lr > pixel_confidence_threshold)
+        del prob_lr
+        reorder = cls_scores.pow(class_weight) * mask_scores.pow(mask_weight)
+        order = torch.argsort(reorder.cpu(), descending=True, stable=True)
+        # ... merging and area limits at canvas ("crop") resolution, then crop and resize.
+        logits = resize_mask_logits(pred_masks, canvas_size=canvas, align_corners=ac)
+        binary = logits.softmax(0) > pixel_confidence_threshold
+        del logits
+        ids, segments = _merge(order, cls_scores.cpu(), cls_labels.cpu(), binary, thing_flags,
+                               inclusive=True, **kwargs)
+        _area_filter(ids, segments, thing_area_limit, stuff_area_limit)
+        ids = _crop_resize_nearest(ids, valid, output)
+
+    counts = torch.bincount(ids.flatten().long(), minlength=len(segments) + 1).cpu()
+    segments_info = []
+    for seg in segments:
+        area = int(counts[seg["id"]])
+        if area == 0:  # removed by an area limit, or lost to the crop / resize
+            continue
+        segments_info.append({"id": seg["id"],
+                              "category_id": int(train_id_to_category_id[seg["train_id"]]),
+                              "isthing": seg["isthing"], "score": seg["score"], "area": area})
+    if not return_label_map:
+        return ids, segments_info
+    label_map = torch.full(ids.shape, ignore_label * label_divisor, dtype=torch.int64,
+                           device=ids.device)
+    by_id = {seg["id"]: seg for seg in segments}
+    for info in segments_info:
+        seg = by_id[info["id"]]
+        instance = seg["rank"] + 1 if seg["isthing"] else 0
+        label_map[ids == info["id"]] = info["category_id"] * label_divisor + instance
+    return ids, segments_info, label_map
+
+
+def semantic_probabilities(pred_logits: Tensor, pred_masks: Tensor, **geometry) -> Tensor:
+    """BD's semantic output: ``sum_n softmax(cls)_n[:C] * softmax_n(mask)`` (spec §3).
+
+    Args:
+        pred_logits: ``[N, C+1]`` class logits, void last.
+        pred_masks: ``[N, h, w]`` mask logits.
+        **geometry: ``canvas_size``, ``valid_size``, ``output_size``, ``align_corners`` as in
+            :func:`resize_mask_logits`.
+
+    Returns:
+        ``[C, Ho, Wo]`` float32 class probabilities (void dropped, so they sum to <= 1).
+    """
+    cls_prob = pred_logits.float().softmax(-1)[:, :-1]
+    mask_prob = resize_mask_logits(pred_masks, **geometry).softmax(0)
+    # [N, C] x [N, Ho, Wo] -> [C, Ho, Wo]
+    return torch.einsum("nc,nhw->chw", cls_prob, mask_prob)
+
+
+def semantic_inference(pred_logits: Tensor, pred_masks: Tensor, **geometry) -> Tensor:
+    """Per-pixel train id: the argmax of :func:`semantic_probabilities` (for mIoU).
+
+    Returns:
+        ``[Ho, Wo]`` int64 train ids in ``0..C-1``.
+    """
+    return semantic_probabilities(pred_logits, pred_masks, **geometry).argmax(0)
