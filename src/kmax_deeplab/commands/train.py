@@ -31,7 +31,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true",
                    help="log a line every solver.log_period steps instead of a progress bar")
     p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="config overrides, e.g. solver.max_iters=1000 solver.amp=bf16 "
+                   help="config overrides, after all options, e.g. solver.max_iters=1000 solver.amp=bf16 "
                         "solver.batch_size=16 model.drop_path=0.1")
 
 
