@@ -6,7 +6,7 @@ exactly what :class:`kmax_deeplab.engine.trainer.Trainer` runs. Targets are synt
 (20 random rectangles per image, 133 classes), so no dataset is needed. Plain script;
 prints one Markdown table row.
 
-    PYTHONPATH=src python benchmarks/bench_train.py                # CPU, batch 2, 2 steps
+    PYTHONPATH=src python benchmarks/bench_train.py                # CPU, batch 1, 2 steps
     PYTHONPATH=src python benchmarks/bench_train.py --cuda --batch 16 --amp bf16
 """
 
@@ -47,8 +47,8 @@ def fake_targets(batch: int, size: int, num_classes: int, g: torch.Generator) ->
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="coco/kmax_r50")
-    ap.add_argument("--batch", type=int, default=None, help="images per step (default: CPU 2, CUDA 16; 1 is impossible in train mode: the "
-                         "ASPP image-pooling batch norm needs more than one value per channel)")
+    ap.add_argument("--batch", type=int, default=None, help="images per step (default: CPU 1, CUDA 16). With batch 1 the batch norms that see "
+                         "one value per channel (ASPP image pooling) run in eval mode")
     ap.add_argument("--steps", type=int, default=2, help="timed steps (after 1 warm-up step)")
     ap.add_argument("--cuda", action="store_true", help="run on cuda:0")
     ap.add_argument("--amp", default=None, choices=["none", "bf16", "fp16"],
@@ -58,7 +58,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda:0" if args.cuda else "cpu")
-    batch = args.batch or (16 if args.cuda else 2)
+    batch = args.batch or (16 if args.cuda else 1)
     amp = args.amp or ("bf16" if args.cuda else "none")
     dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
@@ -68,6 +68,17 @@ def main() -> None:
     criterion = build_criterion(cfg.loss, cfg.model.num_classes)
     opt = build_optimizer(model, cfg.solver)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    if batch == 1:
+        # Train-mode BN cannot normalise a single value per channel (the ASPP pooling branch
+        # at batch 1): such layers switch to eval mode the first time they see one.
+        def single_value_to_eval(module, inputs):
+            x = inputs[0]
+            if x.numel() // x.shape[1] == 1:
+                module.eval()
+
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+                mod.register_forward_pre_hook(single_value_to_eval)
     h, w = cfg.model.image_size
     g = torch.Generator().manual_seed(0)
     images = (torch.rand(batch, 3, h, w, generator=g) * 255).to(device)
