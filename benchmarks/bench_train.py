@@ -94,7 +94,7 @@ def main() -> None:
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
-        return float(loss)
+        return float(loss.detach())
 
     step()  # warm-up (allocations, cuDNN autotune)
     if device.type == "cuda":
