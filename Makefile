@@ -13,7 +13,8 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned, so that no later requirement lets pip pick a CUDA build.
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -c constraints.txt torch==2.13.0
-	$(PIP) install -c constraints.txt -e '.[test]'
+	# [fast]: the PNG accelerators, so that CI tests both them and their Pillow fallback.
+	$(PIP) install -c constraints.txt -e '.[test,fast]'
 	# Official evaluators used as test oracles: --no-deps (they pin numpy<2 / pull GUI deps).
 	$(PIP) install --no-deps panopticapi-lite==0.2.0 cityscapesscripts==2.3.0 pyquaternion==0.9.9
 	touch $(STAMP)

@@ -4,7 +4,8 @@ panopticapi-lite (the official code) in the same run.
 Each GT has ~30-60 segments (Voronoi cells with jittered boundaries, random 24-bit
 ids, ~1/3 stuff, a few crowd and VOID cells); the prediction is the GT shifted, with
 some cells relabelled, merged, dropped or split. Both evaluators read the same PNG
-files; panopticapi uses a Pool over all CPUs, ours ``num_workers`` processes.
+files; panopticapi uses a Pool over all CPUs, ours ``num_workers`` processes. Ours
+uses the ``[fast]`` extra (libdeflate, libspng) when installed.
 
     python benchmarks/bench_pq.py --num-images 100 --workers 2
 """
@@ -121,8 +122,17 @@ def main():
                   f"({1000 * t_ref / args.num_images:.1f} ms/pair), PQ {100 * ref['All']['pq']:.3f}")
             diff = max(abs(ours[g][k] - ref[g][k]) for g in ("All", "Things", "Stuff") for k in ("pq", "sq", "rq"))
             print(f"speedup {t_ref / t_ours:.2f}x; max |difference| of All/Things/Stuff PQ/SQ/RQ: {diff:.2e}")
+    from importlib.metadata import PackageNotFoundError, version
+
+    def _version(name):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
     print(f"hardware: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"numpy {np.__version__}")
+          f"numpy {np.__version__}, Pillow {_version('pillow')}, deflate (libdeflate) "
+          f"{_version('deflate')}, pyspng (libspng) {_version('pyspng')}")
 
 
 if __name__ == "__main__":

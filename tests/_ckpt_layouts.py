@@ -56,8 +56,80 @@ def _random_bd_state(layouts: Path, backbone: str, seed: int) -> dict[str, torch
 
 
 def random_tf_variables(layouts: Path, backbone: str, seed: int = 0) -> dict[str, np.ndarray]:
-    """deeplab2 TF variables (full names) with random float32 values; the object graph is skipped."""
+    """deeplab2 TF variables (full names) with random float32 values; the object graph is skipped.
+
+    Values are usable for a forward pass: kernels are uniform with variance 1/fan_in
+    (fan_in = product of all but the last TF axis), BN ``moving_variance`` lies in
+    [0.5, 1.5), everything else is uniform in [-0.5, 0.5).
+    """
     rng = np.random.default_rng(seed)
     tf = read_tsv(layouts / f"deeplab2_kmax_{backbone}_coco.variables.tsv")
-    return {k: rng.random(s, dtype=np.float32) - 0.5 for k, s in tf.items()
-            if k.split("/")[0] not in ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter", "global_step")}
+    return sane_tf_values({k: s for k, s in tf.items()
+                           if k.split("/")[0] not in ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter", "global_step")},
+                          rng)
+
+
+def sane_tf_values(shapes: dict[str, tuple[int, ...]], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """name -> random float32 array per :func:`random_tf_variables`'s rules."""
+    out = {}
+    for k, s in shapes.items():
+        x = rng.random(s, dtype=np.float32) - np.float32(0.5)
+        leaf = k.split("/.ATTRIBUTES")[0].rsplit("/", 1)[-1]
+        if leaf == "moving_variance":
+            x += np.float32(1.0)
+        elif "kernel" in leaf and len(s) >= 2:
+            x *= np.float32(np.sqrt(12.0 / max(1, int(np.prod(s[:-1])))))
+        out[k] = x
+    return out
+
+
+TF_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+def write_tf_checkpoint(directory: Path, variables: dict[str, np.ndarray], dtypes: dict | None = None) -> str:
+    """Write ``variables`` with ``tf.train.Checkpoint`` so the object-graph names equal the keys.
+
+    Each name ``a/b/c/.ATTRIBUTES/VARIABLE_VALUE`` becomes attribute ``c`` of a tf.Module
+    reached by attributes ``a``, ``b`` from the checkpoint root, as deeplab2's trainer does;
+    a ``global_step`` is added. Needs TensorFlow (imported here). Returns the prefix.
+    """
+    import tensorflow as tf
+
+    dtypes = dtypes or {}
+    tree: dict = {}
+    for name, value in variables.items():
+        parts = name[: -len(TF_SUFFIX)].split("/")
+        node = tree
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = tf.Variable(value, dtype=dtypes.get(name, tf.as_dtype(value.dtype)))
+
+    def build(node):
+        if not isinstance(node, dict):
+            return node
+        m = tf.Module()
+        for k, v in node.items():
+            setattr(m, k, build(v))
+        return m
+
+    root = {k: build(v) for k, v in tree.items()}
+    root["global_step"] = tf.Variable(150000, dtype=tf.int64)
+    return tf.train.Checkpoint(**root).save(str(Path(directory) / "ckpt"))
+
+
+def small_model_config(preset: str, size: int = 65):
+    """``get_preset(preset)`` with a ``size`` x ``size`` canvas (the weights do not depend on it)."""
+    from kmax_deeplab.config import get_preset
+
+    cfg = get_preset(preset)
+    cfg.model.image_size = (size, size)
+    return cfg
+
+
+def meta_model_shapes(preset: str) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the real model of ``preset``, built on the meta device (no memory)."""
+    from kmax_deeplab.modeling.kmax import build_kmax
+
+    with torch.device("meta"):
+        model = build_kmax(small_model_config(preset).model)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}

@@ -7,9 +7,7 @@ known function of the image, so geometry errors (wrong crop, wrong resize) show 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -79,9 +77,3 @@ def small_meta() -> FakeMeta:
         {"id": 5, "name": "sky", "isthing": 0, "color": [70, 130, 180]},
         {"id": 6, "name": "ground", "isthing": 0, "color": [120, 120, 60]},
     ))
-
-
-def coco_meta_from_json(path: Path) -> FakeMeta:
-    """Categories of a COCO-panoptic JSON in id order (the COCO train-id order)."""
-    cats = json.loads(Path(path).read_text())["categories"]
-    return FakeMeta(categories=tuple(sorted(cats, key=lambda c: c["id"])))

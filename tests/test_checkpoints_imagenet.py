@@ -79,6 +79,26 @@ def test_resnet_into_convnext_refused(checkpoint_layouts):
 def test_readme_lists_every_zoo_checkpoint():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for name, e in ZOO.items():
-        assert f"`kmax predict --model {name} IMAGES`" in readme, name
+        assert f"`kmax predict IMAGES -o preds/ --model {name}`" in readme, name
         assert f"| `{name}` |" in readme and f"| {e.pq}" in readme, name
     assert "kmax convert --from deeplab2" in readme and "kmax convert --from detectron2" in readme
+
+
+def test_readme_commands_parse():
+    """Every ``kmax convert``/``kmax predict`` command in the README is accepted by the real parser."""
+    import re
+    import shlex
+
+    from kmax_deeplab.cli import build_parser
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    commands = re.findall(r"^(kmax (?:convert|predict) [^#\n]*)", readme, flags=re.M)
+    commands += re.findall(r"`(kmax (?:convert|predict) [^`]*)`", readme)
+    assert len(commands) > len(ZOO)
+    parser = build_parser()
+    for cmd in commands:
+        args = parser.parse_args(shlex.split(cmd.replace("IMAGES...", "a.jpg").replace("IMAGES", "a.jpg"))[1:])
+        if args.command == "convert":
+            from kmax_deeplab.config import get_preset
+
+            get_preset(args.config)  # the preset exists

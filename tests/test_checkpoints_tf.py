@@ -5,10 +5,13 @@ All TensorFlow use is in this module (import ~5 s). Skipped when TensorFlow is a
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from _ckpt_layouts import our_shapes, random_tf_variables, read_tsv
+from _ckpt_layouts import our_shapes, random_tf_variables, read_tsv, small_model_config, write_tf_checkpoint
 from kmax_deeplab.checkpoints.deeplab2_tf import load_deeplab2_checkpoint
 from kmax_deeplab.checkpoints.tf_reader import TFCheckpointError, list_variables, load_variables
 
@@ -17,40 +20,27 @@ tf = pytest.importorskip("tensorflow")
 SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 
 
-def _write_checkpoint(directory, variables: dict[str, np.ndarray], dtypes: dict[str, object] | None = None) -> str:
-    """Write ``variables`` with tf.train.Checkpoint so the object-graph names equal the keys.
+_write_checkpoint = write_tf_checkpoint
 
-    Each name ``a/b/c/.ATTRIBUTES/VARIABLE_VALUE`` becomes attribute ``c`` of a tf.Module
-    reached by attributes ``a``, ``b`` from the checkpoint root, as deeplab2's trainer does.
-    """
-    dtypes = dtypes or {}
-    tree: dict = {}
-    for name, value in variables.items():
-        parts = name[: -len(SUFFIX)].split("/")
-        node = tree
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = tf.Variable(value, dtype=dtypes.get(name, tf.as_dtype(value.dtype)))
 
-    def build(node):
-        if not isinstance(node, dict):
-            return node
-        m = tf.Module()
-        for k, v in node.items():
-            setattr(m, k, build(v))
-        return m
+@pytest.fixture(scope="module")
+def tf_ckpts(checkpoint_layouts, tmp_path_factory):
+    """backbone -> (backbone, prefix, variables): each TF checkpoint is written once per module."""
+    cache = {}
 
-    root = {k: build(v) for k, v in tree.items()}
-    root["global_step"] = tf.Variable(150000, dtype=tf.int64)
-    return tf.train.Checkpoint(**root).save(str(directory / "ckpt"))
+    def get(backbone: str):
+        if backbone not in cache:
+            variables = random_tf_variables(checkpoint_layouts, backbone)
+            prefix = _write_checkpoint(tmp_path_factory.mktemp(f"tf_{backbone}"), variables)
+            cache[backbone] = backbone, prefix, variables
+        return cache[backbone]
+
+    return get
 
 
 @pytest.fixture(scope="module", params=["r50", "convnext_tiny"])
-def tf_model_ckpt(request, checkpoint_layouts, tmp_path_factory):
-    backbone = request.param
-    variables = random_tf_variables(checkpoint_layouts, backbone)
-    prefix = _write_checkpoint(tmp_path_factory.mktemp(f"tf_{backbone}"), variables)
-    return backbone, prefix, variables
+def tf_model_ckpt(request, tf_ckpts):
+    return tf_ckpts(request.param)
 
 
 @pytest.mark.slow
@@ -150,3 +140,124 @@ def test_reader_dtypes_and_corruption(tmp_path):
         list_variables(prefix)
     with pytest.raises(TFCheckpointError, match="not found"):
         list_variables(tmp_path / "nothing")
+
+
+# ------------------------------------------------------------------ into the real model (issue #6)
+PRESET = {"r50": "coco/kmax_r50_deeplab2", "convnext_tiny": "coco/kmax_convnext_tiny"}
+ZOO_NAME = {"r50": "kmax_r50_coco", "convnext_tiny": "kmax_convnext_tiny_coco"}
+
+
+@pytest.mark.slow
+def test_strict_load_into_real_model_and_forward(tf_model_ckpt):
+    import torch
+
+    from kmax_deeplab.modeling.kmax import build_kmax
+
+    backbone, prefix, v = tf_model_ckpt
+    cfg = small_model_config(PRESET[backbone])
+    model = build_kmax(cfg.model).eval()
+    sd = load_deeplab2_checkpoint(prefix, model, dataset="coco", num_classes=133, backbone=cfg.model.backbone)
+    model.load_state_dict(sd, strict=True)
+    # Every TF variable became exactly one tensor of ours (only num_batches_tracked are made up).
+    assert len([k for k in sd if not k.endswith("num_batches_tracked")]) == len(v)
+    own = model.state_dict()
+    assert all(torch.equal(own[k], sd[k]) for k in sd)
+    with torch.no_grad():
+        out = model(torch.rand(1, 3, 65, 65, generator=torch.Generator().manual_seed(0)) * 255)
+    assert out["pred_logits"].shape == (1, 128, 134) and out["pred_masks"].shape == (1, 128, 17, 17)
+    for k in ("pred_logits", "pred_masks", "pixel_feature"):
+        assert torch.isfinite(out[k]).all(), k
+    norms = out["pixel_feature"].norm(dim=1)
+    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-4)
+
+
+def _check_prediction_set(out_dir: Path, images: list[Path]) -> None:
+    """The folder holds one COCO-panoptic PNG per image and a consistent predictions.json."""
+    from PIL import Image
+
+    from kmax_deeplab.data.catalog import get_dataset_meta
+    from kmax_deeplab.engine.writers import rgb_to_id
+
+    data = json.loads((out_dir / "predictions.json").read_text())
+    cats = {c["id"]: c for c in get_dataset_meta("coco").categories}
+    assert {c["id"] for c in data["categories"]} == set(cats)
+    assert len(data["annotations"]) == len(images)
+    for ann, img in zip(sorted(data["annotations"], key=lambda a: a["file_name"]), sorted(images)):
+        assert ann["file_name"] == img.stem + ".png"
+        ids = rgb_to_id(np.asarray(Image.open(out_dir / ann["file_name"]).convert("RGB")))
+        assert ids.shape == Image.open(img).size[::-1]  # original resolution
+        seg_ids = [s["id"] for s in ann["segments_info"]]
+        assert len(set(seg_ids)) == len(seg_ids) and 0 not in seg_ids
+        assert set(np.unique(ids)) - {0} == set(seg_ids)
+        for s in ann["segments_info"]:
+            assert s["area"] == int((ids == s["id"]).sum()) > 0
+            assert s["category_id"] in cats and s["isthing"] == bool(cats[s["category_id"]]["isthing"])
+
+
+@pytest.mark.slow
+def test_convert_then_predict_cli(tf_ckpts, coco_sample, tmp_path):
+    """R50 here; ConvNeXt-T goes through the zoo test below."""
+    from kmax_deeplab.cli import main
+    from kmax_deeplab.config import load_config
+
+    backbone, prefix, _ = tf_ckpts("r50")
+    native = tmp_path / "native"
+    assert main(["convert", "--from", "deeplab2", prefix + ".index", str(native), "--config", PRESET[backbone]]) == 0
+    cfg = load_config(native / "config.yaml")
+    assert cfg.name == PRESET[backbone] and cfg.model.backbone == "resnet50_deeplab2"
+    images = sorted((coco_sample / "sample_data" / "input_images").glob("*.jpg"))
+    out = tmp_path / "pred"
+    assert main(["predict", *map(str, images), "-o", str(out), "--weights", str(native), "--quiet",
+                 "--opts", "model.image_size=[65,65]"]) == 0
+    _check_prediction_set(out, images)
+
+
+@pytest.mark.slow
+def test_tf_zoo_archive_end_to_end(tf_ckpts, coco_sample, tmp_path, monkeypatch):
+    """download (local HTTP) -> verify SHA-256 -> safe extract -> convert -> cache -> Predictor (ConvNeXt-T)."""
+    import dataclasses
+    import functools
+    import hashlib
+    import http.server
+    import tarfile
+    import threading
+
+    from kmax_deeplab.checkpoints import zoo
+    from kmax_deeplab.engine.predictor import Predictor
+
+    backbone, prefix, _ = tf_ckpts("convnext_tiny")
+    name = ZOO_NAME[backbone]
+    www = tmp_path / "www"
+    www.mkdir()
+    archive = www / f"{name}.tar.gz"
+    folder = zoo.ZOO[name].url.rsplit("/", 1)[-1][: -len(".tar.gz")]
+    with tarfile.open(archive, "w:gz", compresslevel=0) as tar:  # one folder, as deeplab2 ships them (gzip, stored)
+        for suffix in (".index", ".data-00000-of-00001"):
+            tar.add(prefix + suffix, arcname=f"{folder}/ckpt-150000{suffix}")
+    small = tmp_path / "small.yaml"  # the zoo preset at a 65x65 canvas (weights do not depend on it)
+    small.write_text(f"base: {PRESET[backbone]}\nmodel:\n  image_size: [65, 65]\n")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
+    handler.log_message = lambda *a, **k: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        entry = dataclasses.replace(zoo.ZOO[name], url=f"http://127.0.0.1:{httpd.server_address[1]}/{archive.name}",
+                                    sha256=hashlib.sha256(archive.read_bytes()).hexdigest(), preset=str(small))
+        monkeypatch.setitem(zoo.ZOO, name, entry)
+        monkeypatch.setenv("KMAX_CACHE", str(tmp_path / "cache"))
+        predictor = Predictor.from_zoo(name)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [name]  # no temp leftovers
+    assert predictor.canvas == (65, 65) and predictor.cfg.model.backbone == zoo.ZOO[name].backbone
+    images = sorted((coco_sample / "sample_data" / "input_images").glob("*.jpg"))
+    from kmax_deeplab.commands.predict import predict_files
+
+    done, errors = predict_files(predictor, images, tmp_path / "pred", progress=False)
+    assert (done, errors) == (len(images), [])
+    _check_prediction_set(tmp_path / "pred", images)
+    archive.unlink()  # a second call uses the cache, no download
+    assert zoo.get_zoo_checkpoint(name) == tmp_path / "cache" / name

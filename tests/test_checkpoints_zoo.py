@@ -79,7 +79,7 @@ def test_zoo_corrupt_download_and_offline(server, small_bd, tmp_path):
     (root / "kmax_r50.pth").write_bytes((root / "kmax_r50.pth").read_bytes()[:500])  # unknown sha: caught by conversion
     with pytest.raises(zoo.ZooError, match="does not convert"):
         zoo.get_zoo_checkpoint(NAME, cache_dir=tmp_path / "cache", url=f"{base}/kmax_r50.pth", progress=False)
-    with pytest.raises(zoo.ZooError, match="(?s)cannot download .*kmax predict --weights"):
+    with pytest.raises(zoo.ZooError, match=r"(?s)cannot download .*kmax predict IMAGES\.\.\. -o preds/ --weights"):
         zoo.get_zoo_checkpoint(NAME, cache_dir=tmp_path / "cache", url=f"{base}/missing.pth", progress=False)
     assert list((tmp_path / "cache").iterdir()) == []
 

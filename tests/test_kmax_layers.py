@@ -128,3 +128,18 @@ def test_axial_attention_2d_runs_height_then_width():
     with pytest.raises(ValueError, match="built for a 5x3"):
         att(torch.randn(1, 6, 3, 5))
 
+
+
+def test_trunc_normal_is_a_truncated_normal():
+    import math
+
+    from kmax_deeplab.modeling.layers.conv_norm import trunc_normal_
+
+    torch.manual_seed(0)
+    x = trunc_normal_(torch.empty(200_000), 0.5)
+    assert x.abs().max() <= 1.0  # cut at 2 std
+    # N(0, 1) truncated to ±2 has std sqrt(1 - 4 φ(2) / (2 Φ(2) - 1)) = 0.8796.
+    phi2 = math.exp(-2.0) / math.sqrt(2 * math.pi)
+    expected = 0.5 * math.sqrt(1 - 4 * phi2 / math.erf(2 / math.sqrt(2)))
+    assert abs(x.std().item() - expected) < 3e-3 and abs(x.mean().item()) < 3e-3
+    assert (x.abs() > 0.9).float().mean() > 0.01  # the tails near the cut are populated

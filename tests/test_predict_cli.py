@@ -6,56 +6,21 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
-import types
 
 import numpy as np
 import pytest
 from PIL import Image
 
-import kmax_deeplab.modeling.kmax as kmax_pkg
 from kmax_deeplab import cli
 from kmax_deeplab.engine.writers import id_to_rgb, rgb_to_id
-from predict_fakes import BrightnessModel, coco_meta_from_json
 
-pq_compute = pytest.importorskip("panopticapi.evaluation").pq_compute
+from panopticapi.evaluation import pq_compute
 
 OPTS = ["model.num_classes=133", "data.dataset=coco", "model.image_size=[129,129]",
         # Random weights: class probabilities are ~1/134 and mask probabilities ~1/N, so let
         # every query through; the first-ranked query then takes every pixel.
         "postprocess.thing_threshold=0.0", "postprocess.stuff_threshold=0.0",
         "postprocess.overlap_threshold=0.0", "postprocess.pixel_confidence_threshold=0.0"]
-
-
-@pytest.fixture
-def stand_ins(monkeypatch, coco_sample):
-    """Until the model, catalog and visualize land, stand in for them (same interfaces)."""
-    meta = coco_meta_from_json(coco_sample / "sample_data" / "panoptic_examples.json")
-    if not hasattr(kmax_pkg, "build_kmax"):
-        monkeypatch.setattr(kmax_pkg, "build_kmax", lambda m: BrightnessModel(
-            image_size=tuple(m.image_size), num_classes=m.num_classes, bright_class=0,
-            dark_class=100), raising=False)
-    try:
-        import kmax_deeplab.data.catalog  # noqa: F401
-    except ImportError:
-        mod = types.ModuleType("kmax_deeplab.data.catalog")
-        mod.get_dataset_meta = lambda name: meta
-        monkeypatch.setitem(sys.modules, "kmax_deeplab.data.catalog", mod)
-    try:
-        import kmax_deeplab.visualize  # noqa: F401
-    except ImportError:
-        vis = types.ModuleType("kmax_deeplab.visualize")
-
-        def draw_overlay(image, panoptic, segments_info, categories, alpha=0.5, **kw):
-            colors = {c["id"]: c["color"] for c in categories}
-            out = image.astype(np.float32)
-            for s in segments_info:
-                m = panoptic == s["id"]
-                out[m] = (1 - alpha) * out[m] + alpha * np.asarray(colors[s["category_id"]])
-            return Image.fromarray(out.astype(np.uint8))
-
-        vis.draw_overlay = draw_overlay
-        monkeypatch.setitem(sys.modules, "kmax_deeplab.visualize", vis)
 
 
 def test_id_png_encoding_roundtrips():
@@ -67,7 +32,7 @@ def test_id_png_encoding_roundtrips():
 
 
 @pytest.mark.slow
-def test_predict_writes_a_valid_panopticapi_prediction_set(tmp_path, coco_sample, stand_ins,
+def test_predict_writes_a_valid_panopticapi_prediction_set(tmp_path, coco_sample,
                                                            capsys):
     sample = coco_sample / "sample_data"
     inputs = tmp_path / "in"
@@ -101,7 +66,7 @@ def test_predict_writes_a_valid_panopticapi_prediction_set(tmp_path, coco_sample
     assert 0.0 <= result["All"]["pq"] <= 1.0 and result["All"]["n"] > 0
 
 
-def test_nothing_readable_exits_non_zero(tmp_path, stand_ins, capsys):
+def test_nothing_readable_exits_non_zero(tmp_path, capsys):
     (tmp_path / "bad.png").write_bytes(b"garbage")
     code = cli.main(["predict", str(tmp_path / "bad.png"), "--output", str(tmp_path / "o"),
                      "--config", "synthetic/kmax_tiny", "--quiet", "--no-overlay", "--opts", *OPTS])

@@ -153,9 +153,6 @@ def test_weights_that_do_not_fit_are_rejected_with_the_keys(tmp_path, fake_build
 @pytest.mark.slow
 def test_tiny_preset_with_random_weights_on_odd_sizes():
     """The real model (tiny preset, random weights) through the whole path."""
-    if not hasattr(kmax_pkg, "build_kmax"):
-        pytest.skip("build_kmax has not landed in this checkout")
-    pytest.importorskip("kmax_deeplab.data.catalog")
     cfg = apply_overrides(get_preset("synthetic/kmax_tiny"), [
         "postprocess.thing_threshold=0.0", "postprocess.stuff_threshold=0.0",
         "postprocess.overlap_threshold=0.0", "postprocess.pixel_confidence_threshold=0.0"])
@@ -171,3 +168,19 @@ def test_tiny_preset_with_random_weights_on_odd_sizes():
         assert len(r["segments_info"]) == 1  # pixel threshold 0: the top query takes all
         assert r["semantic"].shape == (h, w) and r["semantic"].max() < 7
     assert np.array_equal(results[0]["panoptic"], results[2]["panoptic"])
+
+
+def test_channels_last_gives_the_same_prediction():
+    """The default channels_last layout is a speed choice only: same panoptic map."""
+    cfg = apply_overrides(get_preset("synthetic/kmax_tiny"), [
+        "postprocess.thing_threshold=0.0", "postprocess.stuff_threshold=0.0",
+        "postprocess.overlap_threshold=0.0", "postprocess.pixel_confidence_threshold=0.1"])
+    torch.manual_seed(0)
+    model = kmax_pkg.build_kmax(cfg.model)
+    image = np.random.default_rng(1).integers(0, 256, (77, 101, 3), dtype=np.uint8)
+    fast = Predictor(model, cfg, channels_last=True)
+    assert fast.model.backbone.stem.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    a = fast.forward_batch([image])
+    b = Predictor(model, cfg, channels_last=False).forward_batch([image])
+    torch.testing.assert_close(a["pred_logits"], b["pred_logits"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(a["pred_masks"], b["pred_masks"], rtol=1e-4, atol=1e-4)

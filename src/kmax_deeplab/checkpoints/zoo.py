@@ -136,7 +136,7 @@ def _manual_hint(entry: ZooEntry) -> str:
     kind = "deeplab2" if entry.source == "deeplab2" else "detectron2"
     return (f"download {entry.url} yourself, then run\n"
             f"  kmax convert --from {kind} FILE ./{entry.name} --config {entry.preset}\n"
-            f"  kmax predict --weights ./{entry.name} ...")
+            f"  kmax predict IMAGES... -o preds/ --weights ./{entry.name}")
 
 
 def _download(url: str, dst: Path, progress: bool) -> str:

@@ -12,7 +12,7 @@ _EPILOG = """examples:
   kmax convert --from deeplab2 kmax_resnet50_coco_train/ ./kmax_r50_coco --config coco/kmax_r50_deeplab2
   kmax convert --from detectron2 kmax_r50.pth ./kmax_r50_coco_bd --config coco/kmax_r50
   kmax convert --from imagenet convnext_tiny_22k_1k_384.pth ./init --config coco/kmax_convnext_tiny
-then: kmax predict --weights ./kmax_r50_coco IMAGES...
+then: kmax predict IMAGES... -o preds/ --weights ./kmax_r50_coco
 """
 
 

@@ -2,15 +2,20 @@
 mIoU and AP.
 
 Instead of panopticapi's ``np.unique`` over 64-bit ``gt * 256³ + pred`` pair ids (a
-sort of every pixel), segment ids are mapped to dense row/column indices through a
-lookup table and the intersection matrix is one ``np.bincount`` over
-``row * n_cols + col``. Rows/columns: 0 = an id not in ``segments_info`` (must stay
-empty), ``1..n`` = listed segments in ``segments_info`` order, ``n + 1`` = unlisted
-id 0 (VOID).
+sort of every pixel), the two maps are cut into runs of pixels (in raster order)
+over which neither id changes; panoptic maps are piecewise constant, so a
+1024x2048 pair has a few ten thousand runs instead of two million pixels. Only the
+runs' ids are mapped to dense row/column indices (a lookup table for 24-bit ids,
+``np.searchsorted`` on the listed ids otherwise) and the intersection matrix is one
+``np.bincount`` over ``row * n_cols + col`` weighted by the run lengths (float64
+sums of integers below 2^53: exact).
+Rows/columns: 0 = an id not in ``segments_info`` (must stay empty), ``1..n`` =
+listed segments in ``segments_info`` order, ``n + 1`` = unlisted id 0 (VOID).
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -20,8 +25,6 @@ from kmax_deeplab.evaluation.errors import PanopticEvaluationError
 
 __all__ = ["SegmentPairing", "pair_segments"]
 
-_LUT_SIZE = 1 << 24  # every RGB-encoded id is below 256³
-_LUT: np.ndarray | None = None  # per process; zero outside the calls that fill it
 
 
 @dataclass
@@ -45,40 +48,93 @@ class SegmentPairing:
     pred_index: np.ndarray | None = None
 
 
-def _dense_index(ids: np.ndarray, segments: Sequence[dict]) -> tuple[np.ndarray, int]:
-    """Map ``[H, W]`` ids to dense indices; returns (index map, row of id 0)."""
-    global _LUT
-    listed = [s["id"] for s in segments]
-    n = len(listed)
+_LUT_SIZE = 1 << 24  # every RGB-encoded id is below 256³
+_LUT_LOCAL = threading.local()
+
+
+def _lut() -> np.ndarray:
+    """This thread's ``[2^24]`` uint16 id -> row table, zero between calls.
+
+    ``np.zeros`` maps untouched pages lazily, so only the pages of ids actually
+    used cost memory.
+    """
+    lut = getattr(_LUT_LOCAL, "lut", None)
+    if lut is None:
+        lut = _LUT_LOCAL.lut = np.zeros(_LUT_SIZE, dtype=np.uint16)
+    return lut
+
+
+def _dense_index(values: np.ndarray, segments: Sequence[dict], what: str,
+                 image_id: Any) -> tuple[np.ndarray, int]:
+    """Map integer ids to dense indices; returns (``uint16`` indices, row of id 0).
+
+    Args:
+        values: ``[R]`` integer ids (one per run, or per pixel).
+        segments: the ``segments_info`` list; index ``i + 1`` for ``segments[i]``.
+    """
+    n = len(segments)
     if n + 2 > np.iinfo(np.uint16).max:
-        raise PanopticEvaluationError(f"too many segments ({n}) in one image")
-    void_row = n + 1
-    values = np.arange(1, n + 1, dtype=np.uint16)
-    keys = np.asarray(listed, dtype=np.int64) if n else np.zeros(0, np.int64)
-    if 0 in listed:
-        void_row = listed.index(0) + 1
-    max_id = int(ids.max()) if ids.size else 0
-    if max_id < _LUT_SIZE and (n == 0 or (keys.min() >= 0)):
-        if _LUT is None:
-            _LUT = np.zeros(_LUT_SIZE, dtype=np.uint16)  # lazily zeroed pages
-        lut = _LUT
-        ok = keys < _LUT_SIZE
+        raise PanopticEvaluationError(f"image {image_id!r}: too many {what} segments ({n})")
+    listed = []
+    for s in segments:
         try:
-            lut[0] = void_row
-            lut[keys[ok]] = values[ok]
-            index = np.take(lut, ids)
+            key = int(s["id"])
+            if key != s["id"]:
+                raise ValueError
+        except (TypeError, ValueError):
+            raise PanopticEvaluationError(
+                f"image {image_id!r}: {what} segment id {s['id']!r} is not an integer") from None
+        listed.append(key)
+    void_row = listed.index(0) + 1 if 0 in listed else n + 1
+    # One exact integer type for ids and keys (int64, or uint64 for uint64 maps);
+    # keys outside its range can match no pixel.
+    dtype = np.uint64 if values.dtype == np.uint64 else np.int64
+    info = np.iinfo(dtype)
+    rows = [i + 1 for i, k in enumerate(listed) if info.min <= k <= info.max]
+    keys = np.array([listed[r - 1] for r in rows], dtype=dtype)
+    if values.size and values.dtype.kind in "bu" and int(values.max()) < _LUT_SIZE:
+        # Every id is an RGB-encoded 24-bit id: one table lookup per value.
+        lut = _lut()
+        small = keys < _LUT_SIZE
+        lut_keys = keys[small].astype(np.intp)
+        try:
+            lut[lut_keys] = np.asarray(rows, dtype=np.uint16)[small]
+            index = lut.take(values)
         finally:
-            lut[0] = 0
-            lut[keys[ok]] = 0
+            lut[lut_keys] = 0
+        index[(values == 0) & (index == 0)] = void_row
         return index, void_row
-    # Rare path (ids >= 2^24 from 16/32-bit PNGs or in-memory maps): sorted search.
-    order = np.argsort(keys, kind="stable")
-    skeys = keys[order]
-    pos = np.searchsorted(skeys, ids).clip(0, max(n - 1, 0))
-    found = (skeys[pos] == ids) if n else np.zeros(ids.shape, bool)
-    index = np.where(found, values[order][pos] if n else 0, 0).astype(np.uint16)
-    index[(ids == 0) & ~found] = void_row
+    values = values.astype(dtype, copy=False)
+    index = np.zeros(values.shape, dtype=np.uint16)
+    if keys.size:
+        order = np.argsort(keys, kind="stable")
+        sorted_keys = keys[order]
+        pos = np.searchsorted(sorted_keys, values).clip(0, keys.size - 1)
+        found = sorted_keys[pos] == values
+        index[found] = np.asarray(rows, dtype=np.uint16)[order][pos[found]]
+    index[(values == 0) & (index == 0)] = void_row
     return index, void_row
+
+
+def _runs(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Runs of pixels (raster order) over which neither map changes.
+
+    Args:
+        gt, pred: ``[N]`` flat id maps.
+
+    Returns:
+        ``[R]`` int64 start of each run and ``[R]`` int64 run lengths (sum N).
+    """
+    n = gt.size
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    change = np.not_equal(gt[1:], gt[:-1])
+    other = np.not_equal(pred[1:], pred[:-1])
+    change |= other
+    # [N-1] "pixel i+1 starts a run" -> [R] starts, pixel 0 first.
+    starts = np.flatnonzero(np.concatenate(([True], change)))
+    lengths = np.diff(starts, append=n)
+    return starts, lengths
 
 
 def _check_segments(segments: Any, what: str, image_id: Any) -> list:
@@ -136,29 +192,48 @@ def pair_segments(
         raise PanopticEvaluationError(
             f"image {image_id!r}: ground-truth map {gt_panoptic.shape} and prediction "
             f"{pred_panoptic.shape} differ in size (expected two [H, W] maps)")
-    g_idx, g_void = _dense_index(gt_panoptic, gt_segments)
-    p_idx, _ = _dense_index(pred_panoptic, pred_segments)
+    for ids, what in ((gt_panoptic, "ground-truth"), (pred_panoptic, "prediction")):
+        if ids.dtype.kind not in "biu":
+            raise PanopticEvaluationError(
+                f"image {image_id!r}: {what} map has dtype {ids.dtype}; expected integer ids")
+    # [H, W] maps -> [N] raster order -> [R] runs of constant (gt, pred) ids.
+    gt_flat, pred_flat = gt_panoptic.ravel(), pred_panoptic.ravel()
+    starts, lengths = _runs(gt_flat, pred_flat)
+    gt_run, pred_run = gt_flat[starts], pred_flat[starts]
+    g_idx, g_void = _dense_index(gt_run, gt_segments, "ground-truth", image_id)
+    p_idx, _ = _dense_index(pred_run, pred_segments, "predicted", image_id)
     rg, rp = len(gt_segments) + 2, len(pred_segments) + 2
-    # [H, W] row and column -> [H*W] flat cell index of the [Rg, Rp] matrix.
-    flat = g_idx.astype(np.intp).ravel()
+    # [R] row and column -> [R] flat cell index of the [Rg, Rp] matrix.
+    flat = g_idx.astype(np.intp)
     flat *= rp
-    flat += p_idx.ravel()
-    counts = np.bincount(flat, minlength=rg * rp).reshape(rg, rp).astype(np.int64, copy=False)
-    _sanity(counts, gt_panoptic, gt_segments, g_idx, "ground truth", image_id)
-    _sanity(counts.T, pred_panoptic, pred_segments, p_idx, "prediction", image_id)
+    flat += p_idx
+    # Weighted bincount sums integer run lengths in float64: exact below 2^53 pixels.
+    counts = np.bincount(flat, weights=lengths, minlength=rg * rp).reshape(rg, rp).astype(np.int64)
+    _sanity(counts, gt_run, gt_segments, g_idx, "ground truth", image_id)
+    _sanity(counts.T, pred_run, pred_segments, p_idx, "prediction", image_id)
+    if keep_maps:
+        # [R] run indices -> [N] pixels -> [H, W].
+        gt_index = np.repeat(g_idx, lengths).reshape(gt_panoptic.shape)
+        pred_index = np.repeat(p_idx, lengths).reshape(pred_panoptic.shape)
+    else:
+        gt_index = pred_index = None
     return SegmentPairing(
         counts=counts,
         gt_segments=gt_segments,
         pred_segments=pred_segments,
         gt_void_row=g_void,
-        gt_index=g_idx if keep_maps else None,
-        pred_index=p_idx if keep_maps else None,
+        gt_index=gt_index,
+        pred_index=pred_index,
     )
 
 
 def _sanity(counts: np.ndarray, ids: np.ndarray, segments: list, index: np.ndarray,
             what: str, image_id: Any) -> None:
-    """Official consistency checks between one PNG and its ``segments_info``."""
+    """Official consistency checks between one PNG and its ``segments_info``.
+
+    ``ids``/``index``: ``[R]`` ids and dense indices of the runs (every pixel's id
+    is its run's id).
+    """
     if counts[0].any():
         unlisted = np.unique(ids[index == 0])
         raise PanopticEvaluationError(

@@ -6,6 +6,7 @@ A panoptic PNG stores one segment id per pixel as ``id = R + 256 G + 256² B``
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from kmax_deeplab.evaluation.errors import PanopticEvaluationError
+from kmax_deeplab.evaluation.png_fast import decode_panoptic_png_ids
 
 __all__ = [
     "rgb_to_id",
@@ -48,16 +50,31 @@ def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
     return ids
 
 
-def read_panoptic_png(path: str | os.PathLike, *, image_id: Any = None) -> np.ndarray:
+def read_panoptic_png(path: str | os.PathLike, *, image_id: Any = None, fast: bool = True) -> np.ndarray:
     """Read a panoptic PNG as ``[H, W]`` uint32 segment ids.
 
     RGB(A) images are decoded with :func:`rgb_to_id`; single-channel images (``L``,
     ``I``, ``I;16``, ``P`` indices) are taken as ids directly, as panopticapi does.
 
+    Args:
+        path: the PNG file (a binary file object is read by Pillow only).
+        image_id: only used in error messages.
+        fast: try :func:`~kmax_deeplab.evaluation.png_fast.decode_panoptic_png_ids`
+            first (8-bit RGB/RGBA PNGs; identical ids, several times faster); every
+            other file, and ``fast=False``, goes through Pillow.
+
     Raises:
         PanopticEvaluationError: the file is missing or cannot be decoded.
     """
+    name = os.fspath(path) if isinstance(path, (str, os.PathLike)) else repr(path)
     try:
+        if fast and isinstance(path, (str, os.PathLike)):
+            with open(path, "rb") as f:
+                data = f.read()
+            ids = decode_panoptic_png_ids(data)
+            if ids is not None:
+                return ids
+            path = io.BytesIO(data)  # not a plain 8-bit RGB(A) PNG: Pillow decides
         with Image.open(path) as img:
             img.load()
             if img.mode in ("RGB", "RGBA"):
@@ -69,9 +86,14 @@ def read_panoptic_png(path: str | os.PathLike, *, image_id: Any = None) -> np.nd
             arr = np.asarray(img)
     except (OSError, SyntaxError, ValueError) as exc:
         what = f" (image {image_id!r})" if image_id is not None else ""
-        raise PanopticEvaluationError(f"cannot read panoptic PNG {os.fspath(path)}{what}: {exc}") from exc
+        raise PanopticEvaluationError(f"cannot read panoptic PNG {name}{what}: {exc}") from exc
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
+    if arr.ndim == 3 and arr.shape[2] < 3:
+        what = f" (image {image_id!r})" if image_id is not None else ""
+        raise PanopticEvaluationError(
+            f"panoptic PNG {name}{what} has {arr.shape[2]} channels; expected RGB(A) "
+            f"colours R + 256 G + 256² B or one channel of ids")
     return rgb_to_id(arr)
 
 

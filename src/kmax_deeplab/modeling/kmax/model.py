@@ -122,7 +122,9 @@ def build_kmax(cfg: Any, *, backbone: Optional[nn.Module] = None) -> KMaXDeepLab
     ``reference`` and ``norm``.
 
     ``reference="deeplab2"`` changes (documented TF differences, spec §1.1): the aux
-    semantic decoder receives GELU-activated res3/res2 when the backbone is ConvNeXt.
+    semantic decoder receives GELU-activated res3/res2 when the backbone is ConvNeXt, and
+    every bilinear resize aligns corners (bytedance does so only when the source width is
+    odd, which differs at the stride-32 map when ``image_size`` is 32k+1 with k odd).
     The TF R50 network itself is the ``resnet50_deeplab2`` backbone. Everything else
     (bytedance == TF) is shared.
 
@@ -154,10 +156,11 @@ def build_kmax(cfg: Any, *, backbone: Optional[nn.Module] = None) -> KMaXDeepLab
     if missing:
         raise ValueError(f"backbone {cfg.backbone!r} does not provide features {missing}")
     filters, blocks, types = _stage_settings(cfg)
+    align_corners = "always" if cfg.reference == "deeplab2" else "bytedance"
     pixel_decoder = KMaXPixelDecoder(
         names, [specs[n].channels for n in names], [specs[n].stride for n in names],
         image_size=image_size, filters=filters, num_blocks=blocks, block_types=types,
-        num_heads=8, drop_path=0.0, norm=cfg.norm)
+        num_heads=8, drop_path=0.0, norm=cfg.norm, align_corners=align_corners)
 
     num_classes = int(cfg.num_classes)
     semantic_head: Optional[nn.Module] = None
@@ -166,7 +169,7 @@ def build_kmax(cfg: Any, *, backbone: Optional[nn.Module] = None) -> KMaXDeepLab
             specs["res5"].channels, specs["res3"].channels, specs["res2"].channels, num_classes + 1,
             channels=cfg.hidden_dim,
             activate_low_level=cfg.reference == "deeplab2" and str(cfg.backbone).startswith("convnext"),
-            norm=cfg.norm)
+            norm=cfg.norm, align_corners=align_corners)
     elif cfg.aux_semantic == "head":
         semantic_head = AuxSemanticHead(specs["res5"].channels, num_classes, channels=cfg.hidden_dim,
                                         norm=cfg.norm)

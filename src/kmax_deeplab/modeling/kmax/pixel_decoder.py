@@ -23,6 +23,26 @@ from kmax_deeplab.modeling.layers.conv_norm import ConvNormAct
 from kmax_deeplab.modeling.layers.drop_path import DropPath
 from kmax_deeplab.modeling.layers.norm import LayerNorm2d
 
+ALIGN_CORNERS_RULES = ("bytedance", "always")
+
+
+def resize_align_corners(source_width: int, rule: str = "bytedance") -> bool:
+    """The ``align_corners`` flag of a bilinear resize whose source is ``source_width`` wide.
+
+    bytedance (BD) switches align_corners on only when the *source* width is odd; deeplab2
+    (``rule="always"``) always aligns corners. With a 32k+1 canvas every map is odd except
+    the stride-32 one when k is odd (e.g. 97 -> 4), so the rules differ only there: the
+    stride-32 -> 16 fuse and the aux semantic decoder's upsamplings.
+
+    Raises:
+        ValueError: unknown ``rule``.
+    """
+    if rule == "bytedance":
+        return source_width % 2 == 1
+    if rule == "always":
+        return True
+    raise ValueError(f"align_corners rule must be one of {ALIGN_CORNERS_RULES}, got {rule!r}")
+
 
 class DecoderBlock(nn.Module):
     """Pre-activation residual block, axial or bottleneck (spec §1.2 "Block").
@@ -131,7 +151,8 @@ class ResizedFuse(nn.Module):
     """Fuse a coarse decoder output with a finer backbone skip (spec §1.2 "ResizedFuse").
 
     low: GELU → 1×1 conv → BN (when ``low_channels != out_channels``) → bilinear resize
-    (align_corners=True) to the skip size; high: GELU → 1×1 conv → BN (when
+    to the skip size (align_corners per :func:`resize_align_corners`: BD aligns corners iff
+    the coarse width is odd); high: GELU → 1×1 conv → BN (when
     ``high_channels != out_channels``); output = low + high, ``[B, out_channels, h, w]``.
 
     Args:
@@ -139,10 +160,14 @@ class ResizedFuse(nn.Module):
         high_channels: channels of the (LayerNormed) skip ``[B, D_high, h, w]``.
         out_channels: f of the next stage.
         norm: batch-norm kind.
+        align_corners: ``"bytedance"`` (on iff the coarse width is odd) or ``"always"`` (deeplab2).
     """
 
-    def __init__(self, low_channels: int, high_channels: int, out_channels: int, *, norm: str = "BN") -> None:
+    def __init__(self, low_channels: int, high_channels: int, out_channels: int, *, norm: str = "BN",
+                 align_corners: str = "bytedance") -> None:
         super().__init__()
+        resize_align_corners(1, align_corners)  # validate the rule
+        self.align_corners = align_corners
         self._conv_bn_low = (
             ConvNormAct(low_channels, out_channels, 1, norm=norm) if low_channels != out_channels else None
         )
@@ -153,7 +178,8 @@ class ResizedFuse(nn.Module):
     def forward(self, low: Tensor, high: Tensor) -> Tensor:
         if self._conv_bn_low is not None:
             low = self._conv_bn_low(F.gelu(low))
-        low = F.interpolate(low, size=high.shape[-2:], mode="bilinear", align_corners=True)
+        ac = resize_align_corners(low.shape[-1], self.align_corners)
+        low = F.interpolate(low, size=high.shape[-2:], mode="bilinear", align_corners=ac)
         if self._conv_bn_high is not None:
             high = self._conv_bn_high(F.gelu(high))
         return low + high
@@ -189,6 +215,7 @@ class KMaXPixelDecoder(nn.Module):
         num_heads: axial heads (8).
         drop_path: residual drop-path rate (0 in kMaX).
         norm: batch-norm kind.
+        align_corners: resize rule of the fuses, ``"bytedance"`` or ``"always"`` (deeplab2).
 
     Raises:
         ValueError: the per-stage sequences have different lengths, fewer than 4 stages,
@@ -208,6 +235,7 @@ class KMaXPixelDecoder(nn.Module):
         num_heads: int = 8,
         drop_path: float = 0.0,
         norm: str = "BN",
+        align_corners: str = "bytedance",
     ) -> None:
         super().__init__()
         lengths = {len(in_features), len(in_channels), len(in_strides), len(filters),
@@ -235,7 +263,8 @@ class KMaXPixelDecoder(nn.Module):
             self._stages.append(stage)
             if i > 0:
                 self._resized_fuses.append(
-                    ResizedFuse(self.out_channels[-1], in_channels[i], filters[i], norm=norm))
+                    ResizedFuse(self.out_channels[-1], in_channels[i], filters[i], norm=norm,
+                                align_corners=align_corners))
             self.out_channels.append(stage.out_channels)
 
     def forward(self, features: Dict[str, Tensor]) -> PixelDecoderOutput:
@@ -265,4 +294,4 @@ class KMaXPixelDecoder(nn.Module):
         return PixelDecoderOutput(outs[:3], outs[-1], raw)
 
 
-__all__ = ["BlockGroup", "DecoderBlock", "KMaXPixelDecoder", "PixelDecoderOutput", "ResizedFuse"]
+__all__ = ["ALIGN_CORNERS_RULES", "BlockGroup", "DecoderBlock", "KMaXPixelDecoder", "PixelDecoderOutput", "ResizedFuse", "resize_align_corners"]

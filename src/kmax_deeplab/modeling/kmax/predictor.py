@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kmax_deeplab.modeling.layers.conv_norm import ConvNormAct
-from kmax_deeplab.modeling.layers.norm import get_norm
+from kmax_deeplab.modeling.layers.norm import frozen_affine, get_norm
 
 VOID_PRIOR_PROB = 0.9
 
@@ -97,10 +97,20 @@ class KMaXPredictor(nn.Module):
         class_logits = self._transformer_class_head(class_embeddings).transpose(1, 2)
         class_logits = class_logits + self.void_offset.to(class_logits.dtype)
         kernel = self._transformer_mask_head(mask_embeddings)  # [B, D, N]
-        # [B, D, h, w] x [B, D, N] -> [B, N, h, w]
-        mask_logits = torch.einsum("bdhw,bdn->bnhw", x, kernel)
-        # [B, N, h, w] -> [B, 1, N, h, w] -> 1-channel BN -> [B, N, h, w]
-        mask_logits = self._pixel_space_mask_batch_norm(mask_logits.unsqueeze(1)).squeeze(1)
+        affine = frozen_affine(self._pixel_space_mask_batch_norm, 1, kernel)
+        if affine is not None:
+            # eval: the 1-channel BN is a scalar affine; its scale goes into the kernel and
+            # its shift into the product, saving two passes over [B, N, h, w].
+            scale, shift = affine
+            kernel = kernel * scale.to(kernel.dtype)
+            # [B, N, D] x [B, D, h*w] -> [B, N, h*w] (+ shift) -> [B, N, h, w]
+            mask_logits = torch.baddbmm(shift.to(x.dtype).reshape(1, 1, 1), kernel.transpose(1, 2),
+                                        x.flatten(2)).unflatten(2, x.shape[-2:])
+        else:
+            # [B, D, h, w] x [B, D, N] -> [B, N, h, w]
+            mask_logits = torch.einsum("bdhw,bdn->bnhw", x, kernel)
+            # [B, N, h, w] -> [B, 1, N, h, w] -> 1-channel BN (batch statistics) -> [B, N, h, w]
+            mask_logits = self._pixel_space_mask_batch_norm(mask_logits.unsqueeze(1)).squeeze(1)
         return {"class_logits": class_logits, "mask_logits": mask_logits, "pixel_feature": x}
 
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kmax_deeplab.modeling.kmax.pixel_decoder import resize_align_corners
 from kmax_deeplab.modeling.layers.conv_norm import ConvNormAct
 
 
@@ -66,7 +67,8 @@ class AuxSemanticDecoder(nn.Module):
     ASPP on res5; upsample to stride 8, concatenate res3 projected to 64 channels, fuse
     (5×5 depthwise conv-BN-GELU, 1×1 conv-BN-GELU to ``channels``); repeat at stride 4 with
     res2 projected to 32; head: 5×5 depthwise, 1×1 to ``channels``, 1×1 to
-    ``num_outputs`` with bias (std 0.01). All resizes bilinear, align_corners=True.
+    ``num_outputs`` with bias (std 0.01). Both upsamplings are bilinear with one flag taken
+    from the ASPP output's width (:func:`resize_align_corners`; BD: on iff it is odd).
 
     Args:
         res5_channels / res3_channels / res2_channels: backbone widths.
@@ -76,6 +78,7 @@ class AuxSemanticDecoder(nn.Module):
         activate_low_level: apply GELU to res3/res2 before projecting them (deeplab2
             ConvNeXt behaviour; bytedance passes the raw features).
         norm: batch-norm kind.
+        align_corners: ``"bytedance"`` (on iff the stride-32 width is odd) or ``"always"`` (deeplab2).
     """
 
     def __init__(
@@ -89,8 +92,11 @@ class AuxSemanticDecoder(nn.Module):
         low_level_channels: Sequence[int] = (64, 32),
         activate_low_level: bool = False,
         norm: str = "BN",
+        align_corners: str = "bytedance",
     ) -> None:
         super().__init__()
+        resize_align_corners(1, align_corners)  # validate the rule
+        self.align_corners = align_corners
         os8, os4 = low_level_channels
         self.activate_low_level = activate_low_level
         self._aspp = ASPP(res5_channels, channels, (6, 12, 18), norm=norm)
@@ -111,12 +117,14 @@ class AuxSemanticDecoder(nn.Module):
         if self.activate_low_level:
             res3, res2 = F.gelu(res3), F.gelu(res2)
         x = self._aspp(res5)
+        # BD decides once, from the stride-32 width, for both upsamplings.
+        ac = resize_align_corners(x.shape[-1], self.align_corners)
         low = self._low_level_projection_os8(res3)
-        x = F.interpolate(x, size=low.shape[-2:], mode="bilinear", align_corners=True)
+        x = F.interpolate(x, size=low.shape[-2:], mode="bilinear", align_corners=ac)
         x = torch.cat([x, low], dim=1)
         x = self._low_level_fusion_os8_conv1_bn_act(self._low_level_fusion_os8_conv0_bn_act(x))
         low = self._low_level_projection_os4(res2)
-        x = F.interpolate(x, size=low.shape[-2:], mode="bilinear", align_corners=True)
+        x = F.interpolate(x, size=low.shape[-2:], mode="bilinear", align_corners=ac)
         x = torch.cat([x, low], dim=1)
         x = self._low_level_fusion_os4_conv1_bn_act(self._low_level_fusion_os4_conv0_bn_act(x))
         return self.final_conv(self.conv_block_1(self.conv_block_0(x)))

@@ -13,6 +13,7 @@ from kmax_deeplab.modeling.layers.norm import (
     LN_EPS,
     LayerNorm2d,
     LayerNormFP32,
+    frozen_affine,
     get_norm,
 )
 
@@ -31,5 +32,6 @@ __all__ = [
     "LayerNorm2d",
     "LayerNormFP32",
     "drop_path",
+    "frozen_affine",
     "get_norm",
 ]

@@ -8,20 +8,25 @@ scaling; softmax over keys in fp32; the weights retrieve v and a value position 
 the two results are stacked (type, head, depth) into one BN of 2·value_depth channels
 and summed. The 2-D layer runs the height axis (over columns) and then the width axis.
 
+Implementation (issue #4; same numbers up to fp32 rounding): the qkv projection runs once
+per axis on the whole map (:meth:`AxialAttention1d.project`), the attention on strided
+``[B, heads, N, d, L]`` views (:meth:`AxialAttention1d.attend`), and in eval mode the two
+stacked BNs are folded into q, k, v as fixed affines (:func:`frozen_affine`).
+
 Parameter names match the bytedance checkpoint: ``qkv_transform.conv.weight``,
 ``_{query,key,value}_rpe._embeddings.weight``, ``_batch_norm_{qkv,similarity,retrieved_output}``.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kmax_deeplab.modeling.layers.conv_norm import ConvNormAct, trunc_normal_
-from kmax_deeplab.modeling.layers.norm import get_norm
+from kmax_deeplab.modeling.layers.norm import frozen_affine, get_norm
 
 MAX_SPAN = 255
 
@@ -63,6 +68,8 @@ class AxialAttention1d(nn.Module):
 
     Input ``[B', D_in, L]`` (B' = B times the other spatial size); output
     ``[B', value_depth, L]`` of the input dtype (the softmax runs in fp32).
+    :class:`AxialAttention2d` calls :meth:`project` on the whole map and :meth:`attend`
+    on views, so the per-column ``[B·W, D_in, H]`` input is never built.
 
     Args:
         in_channels: D_in.
@@ -106,6 +113,91 @@ class AxialAttention1d(nn.Module):
         self._batch_norm_similarity = get_norm(norm, 3 * num_heads, dim=2)
         self._batch_norm_retrieved_output = get_norm(norm, 2 * value_depth, dim=1)
 
+    def project(self, x: Tensor) -> Tensor:
+        """The qkv 1×1 projection and its BN over any spatial layout.
+
+        Args:
+            x: ``[B, D_in, *S]`` (S = (L,) for one sequence per batch row, or (H, W) for a
+                whole feature map, which then serves both the rows and the columns).
+
+        Returns:
+            ``[B, 2·key_depth + value_depth, *S]``: q, k and v channels (BN-normalised).
+        """
+        b, c = x.shape[:2]
+        weight = self.qkv_transform.conv.weight[:, :, 0]  # [O, D_in]
+        # [B, O, D_in] x [B, D_in, S] -> [B, O, S]: one GEMM instead of a 1-D conv per column;
+        # the BN over [B, O, S] sees exactly the positions it saw over [B*W, O, H].
+        qkv = torch.bmm(weight.unsqueeze(0).expand(b, -1, -1), x.reshape(b, c, -1))
+        return self._batch_norm_qkv(qkv).reshape(b, -1, *x.shape[2:])
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Attention along the last axis of N independent sequences, given projected q, k, v.
+
+        Args:
+            q, k: ``[B, heads, N, key_depth/heads, L]`` (any strides).
+            v: ``[B, heads, N, value_depth/heads, L]``.
+
+        Returns:
+            ``[B, heads, N, value_depth/heads, L]`` in v's dtype (the softmax runs in fp32).
+
+        In eval mode the logit BN and the output BN are fixed per-channel affine maps: their
+        scales are folded into q, k and v (per head / channel) and their shifts added once,
+        so the stacked ``[.., 3h, L, L]`` and ``[.., 2·value_depth, L]`` tensors are never
+        built. In training mode they run as modules on the stacked terms (batch statistics
+        and running-statistic updates exactly as a plain stack + BN).
+        """
+        b, h, n, _, length = q.shape
+        dv = v.shape[-2]
+        r_q = self._query_rpe().to(q.dtype)  # [L(query), L(key), dk]
+        r_k = self._key_rpe().to(q.dtype)
+        r_v = self._value_rpe().to(v.dtype)  # [L, L, dv]
+        sim = frozen_affine(self._batch_norm_similarity, 3 * h, q)
+        out_affine = frozen_affine(self._batch_norm_retrieved_output, 2 * self.value_depth, q)
+
+        q_c = q_p = q
+        k_p = k
+        if sim is not None:
+            # [3h] -> [3, h, 1, 1, 1]: per-head scales of the three logit types
+            scale = sim[0].reshape(3, h, 1, 1, 1).to(q.dtype)
+            q_c, q_p, k_p = q * scale[0], q * scale[1], k * scale[2]
+        # Three [B, h, N, L(query), L(key)] logits: q_l·k_m, q_l·r_q[l,m], k_m·r_k[l,m].
+        content = torch.einsum("bhndl,bhndm->bhnlm", q_c, k)
+        query_pos = torch.einsum("bhndl,lmd->bhnlm", q_p, r_q)
+        key_pos = torch.einsum("bhndm,lmd->bhnlm", k_p, r_k)
+        if sim is not None:
+            shift = sim[1].reshape(3, h).sum(0).reshape(h, 1, 1, 1).to(content.dtype)
+            logits = content + query_pos + key_pos + shift
+        else:
+            # Stack type-major: [B, 3h, N*L, L] -> one BN(3h) -> [B, 3, h, N, L, L] -> sum over type.
+            stacked = torch.stack([content, query_pos, key_pos], dim=1).reshape(b, 3 * h, n * length, length)
+            logits = self._batch_norm_similarity(stacked).reshape(b, 3, h, n, length, length).sum(1)
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            weights = F.softmax(logits.float(), dim=-1)
+        weights = weights.to(v.dtype)
+
+        if out_affine is not None:
+            # [2*value_depth] (type, head, depth) -> [2, h, 1, dv, 1]
+            scale = out_affine[0].reshape(2, h, 1, dv, 1).to(v.dtype)
+            shift = out_affine[1].reshape(2, h, 1, dv, 1).sum(0).to(v.dtype)
+            # v scaled per channel before retrieval = BN scale applied after it
+            retrieved = torch.einsum("bhnlm,bhndm->bhndl", weights, v * scale[0])
+            retrieved_pos = torch.einsum("bhnlm,lmd->bhndl", weights, r_v)
+            return torch.addcmul(retrieved + shift, retrieved_pos, scale[1])
+        # Retrieve [B, h, N, dv, L(query)] from values and from the value position table.
+        retrieved = torch.einsum("bhnlm,bhndm->bhndl", weights, v)
+        retrieved_pos = torch.einsum("bhnlm,lmd->bhndl", weights, r_v)
+        # [B, 2, h, N, dv, L] -> [B, 2, h, dv, N, L] -> [B, 2*value_depth (type, head, depth), N*L] -> BN
+        stacked = torch.stack([retrieved, retrieved_pos], dim=1).transpose(3, 4)
+        stacked = self._batch_norm_retrieved_output(stacked.reshape(b, 2 * self.value_depth, n * length))
+        # -> [B, 2, h, dv, N, L] -> sum over type -> [B, h, N, dv, L]
+        return stacked.reshape(b, 2, h, dv, n, length).sum(1).transpose(2, 3)
+
+    def split_heads(self, qkv: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """``[B, O, *S] -> q, k [B, heads, dk, *S], v [B, heads, dv, *S]`` (views)."""
+        q, k, v = torch.split(qkv, [self.key_depth, self.key_depth, self.value_depth], dim=1)
+        # [B, h*d, *S] -> [B, h, d, *S]
+        return tuple(t.unflatten(1, (self.num_heads, -1)) for t in (q, k, v))  # type: ignore[return-value]
+
     def forward(self, x: Tensor) -> Tensor:
         b, _, length = x.shape
         if length != self.length:
@@ -113,34 +205,10 @@ class AxialAttention1d(nn.Module):
                 f"axial attention was built for length {self.length} (the model's image_size) "
                 f"but got an input of length {length}"
             )
-        h = self.num_heads
-        qkv = self._batch_norm_qkv(self.qkv_transform(x))
-        q, k, v = torch.split(qkv, [self.key_depth, self.key_depth, self.value_depth], dim=1)
-        # [B', h*d, L] -> [B', h, d, L]
-        q = q.reshape(b, h, -1, length)
-        k = k.reshape(b, h, -1, length)
-        v = v.reshape(b, h, -1, length)
-
-        r_q = self._query_rpe().to(q.dtype)  # [L, L, dk]
-        r_k = self._key_rpe().to(q.dtype)
-        r_v = self._value_rpe().to(q.dtype)  # [L, L, dv]
-        # Three [B', h, L(query), L(key)] logits: q_l·k_m, q_l·r_q[l,m], k_m·r_k[l,m].
-        content = torch.einsum("bhdl,bhdm->bhlm", q, k)
-        query_pos = torch.einsum("bhdl,lmd->bhlm", q, r_q)
-        key_pos = torch.einsum("bhdm,lmd->bhlm", k, r_k)
-        # Stack type-major: [B', 3h, L, L] -> one BN(3h) -> [B', 3, h, L, L] -> sum over type.
-        logits = torch.cat([content, query_pos, key_pos], dim=1)
-        logits = self._batch_norm_similarity(logits).reshape(b, 3, h, length, length).sum(1)
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            weights = F.softmax(logits.float(), dim=-1)
-        weights = weights.to(v.dtype)
-        # Retrieve [B', h, dv, L(query)] from values and from the value position table.
-        retrieved = torch.einsum("bhlm,bhdm->bhdl", weights, v)
-        retrieved_pos = torch.einsum("bhlm,lmd->bhdl", weights, r_v)
-        # [B', 2h, dv, L] -> [B', 2*value_depth, L] (type, head, depth) -> BN -> sum over type.
-        out = torch.cat([retrieved, retrieved_pos], dim=1).reshape(b, 2 * self.value_depth, length)
-        out = self._batch_norm_retrieved_output(out).reshape(b, 2, self.value_depth, length).sum(1)
-        return out
+        # [B', h, d, L] -> [B', h, 1, d, L]: one sequence per batch row
+        q, k, v = (t.unsqueeze(2) for t in self.split_heads(self.project(x)))
+        # [B', h, 1, dv, L] -> [B', value_depth, L]
+        return self.attend(q, k, v).reshape(b, self.value_depth, length)
 
 
 class AxialAttention2d(nn.Module):
@@ -184,15 +252,20 @@ class AxialAttention2d(nn.Module):
                 f"axial attention was built for a {self.shape[0]}x{self.shape[1]} feature map "
                 f"(the model's image_size) but got {height}x{width}"
             )
-        # [B, C, H, W] -> [B, W, C, H] -> [B*W, C, H]: attend along H within each column.
-        x = x.permute(0, 3, 1, 2).reshape(b * width, c, height)
-        x = self._height_axis(x)
-        # [B*W, V, H] -> [B, W, V, H] -> [B, H, V, W] -> [B*H, V, W]: attend along W within each row.
-        x = x.reshape(b, width, self.value_depth, height).permute(0, 3, 2, 1)
-        x = x.reshape(b * height, self.value_depth, width)
-        x = self._width_axis(x)
-        # [B*H, V, W] -> [B, H, V, W] -> [B, V, H, W]
-        return x.reshape(b, height, self.value_depth, width).permute(0, 2, 1, 3).contiguous()
+        # Height axis: project the whole map once, then attend along H within each column.
+        q, k, v = self._height_axis.split_heads(self._height_axis.project(x))  # [B, h, d, H, W]
+        # [B, h, d, H, W] -> [B, h, W, d, H] (views)
+        q, k, v = (t.permute(0, 1, 4, 2, 3) for t in (q, k, v))
+        y = self._height_axis.attend(q, k, v)  # [B, h, W, dv, H]
+        # [B, h, W, dv, H] -> [B, h, dv, H, W] -> [B, V, H, W]
+        y = y.permute(0, 1, 3, 4, 2).reshape(b, self.value_depth, height, width)
+        # Width axis on the height output: attend along W within each row.
+        q, k, v = self._width_axis.split_heads(self._width_axis.project(y))  # [B, h, d, H, W]
+        # [B, h, d, H, W] -> [B, h, H, d, W] (views)
+        q, k, v = (t.permute(0, 1, 3, 2, 4) for t in (q, k, v))
+        y = self._width_axis.attend(q, k, v)  # [B, h, H, dv, W]
+        # [B, h, H, dv, W] -> [B, h, dv, H, W] -> [B, V, H, W]
+        return y.permute(0, 1, 3, 2, 4).reshape(b, self.value_depth, height, width)
 
 
 __all__ = ["MAX_SPAN", "AxialAttention1d", "AxialAttention2d", "RelativePositionalEncoding"]

@@ -14,14 +14,26 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor, nn
 
 from kmax_deeplab.modeling.layers.norm import get_norm
 
 
 def trunc_normal_(tensor: Tensor, std: float) -> Tensor:
-    """Fill ``tensor`` in place from N(0, std²) truncated to ±2 std (TF/timm ``trunc_normal_tf_``)."""
-    return nn.init.trunc_normal_(tensor, mean=0.0, std=std, a=-2.0 * std, b=2.0 * std)
+    """Fill ``tensor`` in place from N(0, std²) truncated to ±2 std (TF/timm ``trunc_normal_tf_``).
+
+    Inverse-CDF sampling (uniform in [Φ(-2), Φ(2)], then Φ⁻¹ via ``erfinv``): one pass,
+    whereas ``nn.init.trunc_normal_`` of recent torch rejection-samples in a Python loop
+    (about 25 s for a ResNet-50 kMaX on a 2-core CPU instead of about 1 s).
+    """
+    with torch.no_grad():
+        lo = (1.0 + math.erf(-2.0 / math.sqrt(2.0))) / 2.0  # Φ(-2)
+        # U(2Φ(-2)-1, 2Φ(2)-1) -> erfinv -> * std·√2 is N(0, std²) restricted to ±2 std.
+        tensor.uniform_(2.0 * lo - 1.0, 1.0 - 2.0 * lo)
+        tensor.erfinv_()
+        tensor.mul_(std * math.sqrt(2.0))
+        return tensor.clamp_(-2.0 * std, 2.0 * std)
 
 
 def get_activation(act: str | None) -> nn.Module:
@@ -103,6 +115,8 @@ class ConvNormAct(nn.Module):
         )
         self.norm = get_norm(norm, out_channels, dim=dim)
         self.act = get_activation(act)
+        # A 1-D 1x1 conv over queries is a plain [D_out, D_in] x [B, D_in, N] product.
+        self._pointwise_1d = dim == 1 and kernel_size == 1 and stride == 1
 
         if init_std is not None:
             trunc_normal_(self.conv.weight, init_std)
@@ -116,7 +130,15 @@ class ConvNormAct(nn.Module):
             nn.init.zeros_(self.norm.weight)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.act(self.norm(self.conv(x)))
+        if self._pointwise_1d:
+            # [D_out, D_in] x [B, D_in, N] -> [B, D_out, N]: a GEMM instead of a conv1d call,
+            # whose per-call overhead dominates at N = 128 queries (autocasts like the conv).
+            y = torch.matmul(self.conv.weight[:, :, 0], x)
+            if self.conv.bias is not None:
+                y = y + self.conv.bias[:, None].to(y.dtype)
+        else:
+            y = self.conv(x)
+        return self.act(self.norm(y))
 
 
 def ConvNormAct1d(in_channels: int, out_channels: int, **kwargs) -> ConvNormAct:  # noqa: N802

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -43,6 +45,31 @@ def get_norm(norm: str, num_features: int, *, dim: int = 2) -> nn.Module:
     if norm in ("none", "", None):
         return nn.Identity()
     raise ValueError(f"unknown norm {norm!r}; expected 'BN', 'SyncBN' or 'none'")
+
+
+def frozen_affine(norm: nn.Module, channels: int, like: Tensor) -> Optional[Tuple[Tensor, Tensor]]:
+    """(scale, shift) ``[channels]`` fp32 of a norm that acts as a fixed affine map, else None.
+
+    Used by the eval-mode fast paths (axial attention, predictor) to fold a BN into a
+    neighbouring product; ``like`` gives the device.
+
+    A batch norm in eval mode with running statistics is y = x·scale + shift; the identity
+    (``norm="none"``) is scale 1, shift 0. A batch norm in training mode (batch statistics,
+    running-stat updates) returns None and must be called as a module.
+    """
+    if isinstance(norm, nn.Identity):
+        ones = torch.ones(channels, dtype=torch.float32, device=like.device)
+        return ones, torch.zeros_like(ones)
+    if (isinstance(norm, nn.modules.batchnorm._BatchNorm) and not norm.training
+            and norm.running_mean is not None and norm.running_var is not None):
+        scale = norm.running_var.float().add(norm.eps).rsqrt()
+        if norm.weight is not None:
+            scale = scale * norm.weight.float()
+        shift = -norm.running_mean.float() * scale
+        if norm.bias is not None:
+            shift = shift + norm.bias.float()
+        return scale, shift
+    return None
 
 
 class LayerNormFP32(nn.LayerNorm):
