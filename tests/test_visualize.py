@@ -55,7 +55,8 @@ def test_save_grid(tmp_path):
 
 def test_demo_stage1_writes_data_and_overview(tmp_path, capsys):
     from kmax_deeplab.cli import main
-    assert main(["demo", "--output", str(tmp_path), "--num-train", "4", "--num-val", "2", "--seed", "1"]) == 0
+    assert main(["demo", "--quick", "--output", str(tmp_path), "--num-train", "4", "--num-val", "2",
+                 "--seed", "1"]) == 0
     assert (tmp_path / "data" / "train" / "panoptic.json").is_file()
     assert len(list((tmp_path / "data" / "val" / "images").glob("*.jpg"))) == 2
     with Image.open(tmp_path / "overview.png") as im:

@@ -1,74 +1,54 @@
-"""``kmax demo``: the embedded default, on bundled (synthetic) data, no download.
-
-Stage 1 (this module): write the synthetic shapes dataset and an overview picture.
-Later stages (training, evaluation, prediction on the same data) append to :func:`run_demo`.
-"""
+"""``kmax demo``: the embedded default (what ``make demo`` runs); see :mod:`kmax_deeplab.engine.demo`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-from typing import Any
 
-
-def prepare_demo_data(output: str | Path, num_train: int = 200, num_val: int = 40, seed: int = 0,
-                      image_size: int = 128, overview_samples: int = 8) -> dict[str, Any]:
-    """Write the synthetic dataset under ``output/data`` and ``output/overview.png``.
-
-    Returns:
-        ``{"data_root", "train_json", "val_json", "overview", "meta"}``; ``data_root`` is
-        the ``DataConfig.root`` for the ``synthetic/kmax_tiny`` preset.
-    """
-    from kmax_deeplab.data.catalog import get_dataset_meta
-    from kmax_deeplab.data.coco_panoptic import COCOPanopticDataset
-    from kmax_deeplab.data.synthetic import write_synthetic_dataset
-    from kmax_deeplab.visualize import dataset_overview
-
-    output = Path(output)
-    root = output / "data"
-    jsons = write_synthetic_dataset(root, num_train, num_val, image_size=image_size, seed=seed)
-    meta = get_dataset_meta("synthetic")
-    ds = COCOPanopticDataset(root / "train" / "images", jsons["train"], root / "train" / "panoptic", meta)
-    n = min(overview_samples, len(ds))
-    overview = dataset_overview((ds[i] for i in range(n)), meta, output / "overview.png", columns=2)
-    return {"data_root": root, "train_json": jsons["train"], "val_json": jsons["val"],
-            "overview": overview, "meta": meta}
-
-
-def run_demo(args: argparse.Namespace) -> dict[str, Any]:
-    """Run every demo stage; returns what each stage produced (stage 1: the data)."""
-    data = prepare_demo_data(args.output, args.num_train, args.num_val, args.seed)
-    print(f"[demo] synthetic dataset: {args.num_train} train / {args.num_val} val images "
-          f"under {data['data_root']}")
-    print(f"[demo]   train: {data['train_json']}")
-    print(f"[demo]   val:   {data['val_json']}")
-    print(f"[demo] overview of training samples with their panoptic labels: {data['overview']}")
-    return {"data": data}
+DESCRIPTION = """\
+Everything on bundled data, no download, CPU only: generate a synthetic panoptic dataset
+(textured sky/ground/wall stuff, overlapping disc/square/triangle/star things) in
+COCO-panoptic format with an overview picture; train the synthetic/kmax_tiny model from
+scratch; evaluate PQ on the synthetic validation split; write predictions and overlays;
+then run the prediction path on two bundled real COCO photos (the synthetic model is not a
+COCO model: those labels are meaningless, the point is the path)."""
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.num_train < 1 or args.num_val < 0:
-        print("kmax demo: --num-train must be >= 1 and --num-val >= 0", file=sys.stderr)
+    """Run the demo; returns the exit code."""
+    from kmax_deeplab.engine.demo import run_demo
+
+    try:
+        run_demo(args.output, iters=args.iters, quick=args.quick, num_train=args.num_train,
+                 num_val=args.num_val, seed=args.seed, progress=not args.no_progress)
+    except ValueError as e:
+        print(f"kmax demo: {e}", file=sys.stderr)
         return 2
-    run_demo(args)
     return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "demo", prog="kmax demo",
-        help="run the embedded demo on generated synthetic data (no download)",
-        description="Generate a synthetic panoptic dataset (textured sky/ground/wall stuff and "
-                    "overlapping disc/square/triangle/star things) in COCO-panoptic format, "
-                    "and an overview picture of samples with their panoptic colouring.")
+    """Add ``kmax demo`` to the ``kmax`` parser."""
+    from kmax_deeplab.engine import demo as d
+
+    p = subparsers.add_parser("demo", prog="kmax demo", help="run the embedded demo (no download)",
+                              description=DESCRIPTION,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", default="demo_output", metavar="DIR",
-                   help="output folder; the dataset goes to DIR/data, the picture to "
-                        "DIR/overview.png (default: demo_output)")
-    p.add_argument("--num-train", type=int, default=200, metavar="N",
-                   help="training images to generate (default: 200)")
-    p.add_argument("--num-val", type=int, default=40, metavar="N",
-                   help="validation images to generate (default: 40)")
+                   help="output folder: DIR/data (dataset), DIR/overview.png, DIR/train (run), "
+                        "DIR/val_predictions, DIR/val_overlays.png, DIR/coco_sample_predictions "
+                        "(default: demo_output)")
+    p.add_argument("--iters", type=int, default=None, metavar="N",
+                   help=f"training steps (default: {d.DEMO_ITERS}; {d.QUICK_ITERS} with --quick)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"a seconds-long run ({d.QUICK_NUM_TRAIN} train / {d.QUICK_NUM_VAL} val "
+                        "images, a couple of steps) that exercises every stage; its PQ means nothing")
+    p.add_argument("--num-train", type=int, default=None, metavar="N",
+                   help=f"training images to generate (default: {d.DEMO_NUM_TRAIN})")
+    p.add_argument("--num-val", type=int, default=None, metavar="N",
+                   help=f"validation images to generate (default: {d.DEMO_NUM_VAL})")
     p.add_argument("--seed", type=int, default=0, metavar="S",
-                   help="random seed; the same seed gives byte-identical files (default: 0)")
+                   help="dataset and training seed; the same seed gives the same data (default: 0)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="log lines instead of a progress bar")
     p.set_defaults(func=run)

@@ -1,7 +1,7 @@
 """Config presets: a plain dict from name to a function returning a fresh :class:`Config`.
 
 Numbers follow spec ``kmax_deeplab.md`` §1 (architecture), §3 (post-processing table)
-and §4 (training recipes). Nothing registers itself at import time; the table below is
+and §4 (training recipes; bytedance trains with AMP fp16, hence ``solver.amp="fp16"``). Nothing registers itself at import time; the table below is
 the whole list, printed by ``kmax info``.
 """
 
@@ -36,7 +36,7 @@ def _coco(backbone: str = "resnet50", drop: float = 0.0) -> Config:
         data=DataConfig(dataset="coco", crop_size=(1281, 1281), min_scale=0.2, max_scale=2.0),
         loss=LossConfig(instance_sample_k=4096, instance_sample_temperature=1.5,
                         semantic_sample_k=4096, semantic_sample_temperature=2.0),
-        solver=SolverConfig(batch_size=64, max_iters=150_000, base_lr=5e-4),
+        solver=SolverConfig(batch_size=64, max_iters=150_000, base_lr=5e-4, amp="fp16"),
         postprocess=PostProcessConfig(thing_threshold=0.7, stuff_threshold=0.5,
                                       overlap_threshold=0.8, class_weight=1.0, mask_weight=1.0,
                                       thing_area_limit=400, stuff_area_limit=6400),
@@ -59,7 +59,7 @@ def _cityscapes(backbone: str = "resnet50", drop: float = 0.0) -> Config:
                         crop_size=(1025, 2049), min_scale=0.5, max_scale=2.0),
         loss=LossConfig(instance_sample_k=4096, instance_sample_temperature=0.6,
                         semantic_sample_k=0),
-        solver=SolverConfig(batch_size=32, max_iters=60_000, base_lr=3e-4),
+        solver=SolverConfig(batch_size=32, max_iters=60_000, base_lr=3e-4, amp="fp16"),
         postprocess=PostProcessConfig(thing_threshold=0.5, stuff_threshold=0.3,
                                       overlap_threshold=0.9, class_weight=1.0, mask_weight=0.0,
                                       thing_area_limit=256, stuff_area_limit=2048),
@@ -83,7 +83,7 @@ def _ade20k(backbone: str = "resnet50", drop: float = 0.0, size: int = 641) -> C
         loss=LossConfig(instance_sample_k=1024 if size == 641 else 4096,
                         instance_sample_temperature=1.5,
                         semantic_sample_k=4096, semantic_sample_temperature=2.0),
-        solver=SolverConfig(batch_size=64, max_iters=100_000, base_lr=5e-4),
+        solver=SolverConfig(batch_size=64, max_iters=100_000, base_lr=5e-4, amp="fp16"),
         postprocess=PostProcessConfig(thing_threshold=0.4, stuff_threshold=0.4,
                                       overlap_threshold=0.8, class_weight=1.0, mask_weight=1.0,
                                       thing_area_limit=0, stuff_area_limit=0),

@@ -135,7 +135,25 @@ class DataConfig:
 
 @dataclass
 class SolverConfig:
-    """Optimisation and training loop (spec §4)."""
+    """Optimisation and training loop (spec §4; used by :mod:`kmax_deeplab.engine`).
+
+    Attributes:
+        batch_size: GLOBAL images per optimizer step, split over ranks and
+            ``grad_accum_steps`` (must divide evenly).
+        max_iters: optimizer steps; the poly schedule reaches 0 here.
+        base_lr / backbone_lr_multiplier: AdamW LR; x0.1 for modules named ``*backbone*``.
+        weight_decay / betas / eps: AdamW (eps 1e-8 bytedance; deeplab2 uses 1e-7).
+        warmup_iters / warmup_factor / poly_power: linear warmup from
+            ``warmup_factor`` x LR (bytedance 0.001; deeplab2 0), then poly decay.
+        amp: ``"none"`` (fp32), ``"bf16"`` or ``"fp16"`` (with a GradScaler; CUDA only);
+            losses are always computed in fp32.
+        grad_accum_steps: micro-batches per optimizer step.
+        checkpoint_period / eval_period / log_period: in optimizer steps (0 = off).
+        nan_policy: ``"raise"`` (stop, naming the iteration and loss term) or ``"skip"``.
+        seed: data order, augmentation and initialisation seed.
+        output_dir: default run folder.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    """
 
     batch_size: int = 64
     max_iters: int = 150_000
@@ -155,6 +173,7 @@ class SolverConfig:
     nan_policy: str = "raise"  # or "skip"
     seed: int = 0
     output_dir: str = "runs/kmax"
+    device: str = "auto"  # "auto" (cuda:LOCAL_RANK if available, else cpu) | "cpu" | "cuda"
 
 
 @dataclass

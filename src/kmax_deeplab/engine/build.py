@@ -1,0 +1,172 @@
+"""Build a training run from a :class:`~kmax_deeplab.config.Config` and run it.
+
+This is the wiring of the real parts around :class:`~kmax_deeplab.engine.trainer.Trainer`:
+``build_kmax(cfg.model)``, ``build_criterion(cfg.loss, C)``, the COCO-panoptic datasets
+with the training / test transforms, ``collate_panoptic``, stride-4 targets from
+``prepare_targets`` and the in-memory PQ validation. ``kmax train`` and
+``torchrun -m kmax_deeplab.train`` both call :func:`train_from_config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from kmax_deeplab.engine.distributed import DistInfo, cleanup_distributed, init_distributed
+from kmax_deeplab.engine.logging import setup_console_logging
+
+logger = logging.getLogger("kmax_deeplab.train")
+
+# Output stride of the supervised mask logits: 4 for every bytedance model (spec §4).
+MASK_STRIDE = 4
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices) with ``seed``."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_prepare_batch(num_classes: int, stride: int = MASK_STRIDE) -> Callable[[Any, torch.device], tuple[Tensor, Any]]:
+    """Return ``batch -> (images [B,3,H,W] on device, stride-4 targets on device)``."""
+    from kmax_deeplab.data.targets import prepare_targets
+
+    def prepare(batch: Any, device: torch.device) -> tuple[Tensor, Any]:
+        images = batch["images"].to(device, non_blocking=True)
+        return images, prepare_targets(batch["targets"], num_classes, stride=stride, device=device)
+
+    return prepare
+
+
+def build_dataset(cfg: Any, split: str, *, is_train: bool | None = None) -> Any:
+    """The ``train`` or ``val`` split of ``cfg.data`` as a ``COCOPanopticDataset``.
+
+    Raises:
+        FileNotFoundError / PanopticDataError: missing or malformed dataset files (named).
+    """
+    from kmax_deeplab.data.catalog import get_dataset_meta
+    from kmax_deeplab.data.coco_panoptic import COCOPanopticDataset
+    from kmax_deeplab.data.transforms import build_transforms
+
+    d = cfg.data
+    root = Path(d.root)
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    image_dir, json_file, pan_dir = (getattr(d, f"{split}_image_dir"), getattr(d, f"{split}_json"),
+                                     getattr(d, f"{split}_panoptic_dir"))
+    train = split == "train" if is_train is None else is_train
+    return COCOPanopticDataset(root / image_dir, root / json_file, root / pan_dir,
+                               get_dataset_meta(d.dataset),
+                               transforms=build_transforms(d, is_train=train),
+                               on_bad_sample=d.on_bad_sample)
+
+
+@dataclass
+class TrainingParts:
+    """What :func:`build_training` returns: every argument of :class:`Trainer`."""
+
+    model: nn.Module
+    criterion: nn.Module
+    train_dataset: Any
+    collate_fn: Callable[[list[Any]], Any]
+    prepare_batch: Callable[[Any, torch.device], tuple[Tensor, Any]]
+    evaluate_fn: Any  # PanopticValidation or None
+
+
+def build_training(cfg: Any, *, eval_max_images: int | None = None, with_eval: bool = True) -> TrainingParts:
+    """Build model, criterion, datasets, collate and validation from ``cfg``.
+
+    The model is built under the current RNG state; call :func:`seed_everything` first
+    so that every rank builds identical weights.
+    """
+    from kmax_deeplab.data.loader import collate_panoptic
+    from kmax_deeplab.engine.validation import PanopticValidation
+    from kmax_deeplab.losses import build_criterion
+    from kmax_deeplab.modeling.kmax import build_kmax
+
+    if tuple(cfg.data.crop_size) != tuple(cfg.model.image_size):
+        raise ValueError(f"data.crop_size {tuple(cfg.data.crop_size)} must equal model.image_size "
+                         f"{tuple(cfg.model.image_size)} (kMaX trains at the test canvas; spec §4)")
+    model = build_kmax(cfg.model)
+    criterion = build_criterion(cfg.loss, cfg.model.num_classes)
+    train_ds = build_dataset(cfg, "train")
+    evaluate = None
+    if with_eval:
+        evaluate = PanopticValidation(cfg, build_dataset(cfg, "val"), max_images=eval_max_images)
+    return TrainingParts(model, criterion, train_ds, collate_panoptic,
+                         make_prepare_batch(cfg.model.num_classes), evaluate)
+
+
+def export_final_weights(cfg: Any, model: nn.Module, output_dir: Path, iteration: int) -> Path:
+    """Write ``output_dir/model_final`` (native safetensors + config; ``kmax predict --model``)."""
+    from kmax_deeplab.checkpoints.native import save_native
+
+    return save_native(output_dir / "model_final", model.state_dict(), cfg,
+                       metadata={"source": "kmax train", "iteration": str(iteration)})
+
+
+def train_from_config(cfg: Any, *, output_dir: str | Path | None = None, resume: bool = False,
+                      progress: bool = True, max_iters: int | None = None,
+                      eval_max_images: int | None = None) -> dict[str, Any]:
+    """Train ``cfg`` in this process (one rank of a torchrun job, or alone).
+
+    Args:
+        cfg: a full :class:`~kmax_deeplab.config.Config`.
+        output_dir: run folder (default ``cfg.solver.output_dir``); gets ``config.yaml``,
+            checkpoints, ``metrics.jsonl``, ``tb/`` and, at the end, ``model_final/``.
+        resume: continue from ``output_dir/last_checkpoint`` when it exists.
+        progress: tqdm bar on rank 0 (else a log line every ``log_period`` steps).
+        max_iters: stop early at this step (the schedule still spans ``solver.max_iters``).
+        eval_max_images: limit the periodic validation to the first N val images.
+
+    Returns:
+        The trainer's summary (``iteration``, ``skipped_steps``, ``last_losses``, ``eval``)
+        plus ``output_dir``, ``final`` (the exported folder or None) and ``pq_result``.
+    """
+    from kmax_deeplab.config import config_to_dict, save_config
+    from kmax_deeplab.engine.trainer import Trainer
+
+    setup_console_logging()
+    out = Path(output_dir or cfg.solver.output_dir)
+    dist = init_distributed(getattr(cfg.solver, "device", "auto"))
+    try:
+        if dist.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, out / "config.yaml")
+        solver = cfg.solver
+        if solver.amp == "fp16" and dist.device.type != "cuda":
+            logger.warning("solver.amp=fp16 (the bytedance recipe) needs CUDA; training on %s in "
+                           "fp32 instead (solver.amp=bf16 also works on CPU)", dist.device)
+            solver = dataclasses.replace(solver, amp="none")
+        seed_everything(int(cfg.solver.seed))
+        parts = build_training(cfg, eval_max_images=eval_max_images)
+        trainer = Trainer(solver, parts.model, parts.criterion, parts.train_dataset,
+                          parts.collate_fn, output_dir=out, dist=dist,
+                          prepare_batch=parts.prepare_batch, evaluate_fn=parts.evaluate_fn,
+                          config_dict=config_to_dict(cfg), num_workers=int(cfg.data.num_workers),
+                          progress=progress)
+        if resume:
+            trainer.resume_if_possible()
+        summary = trainer.train(max_iters=max_iters)
+        final = None
+        if dist.is_main and trainer.iteration >= cfg.solver.max_iters:
+            final = export_final_weights(cfg, trainer.model, out, trainer.iteration)
+            logger.info("final weights: %s", final)
+        pq = getattr(parts.evaluate_fn, "last_result", None)
+        return {**summary, "output_dir": out, "final": final, "pq_result": pq,
+                "dist": dist, "trainer": trainer}
+    finally:
+        cleanup_distributed()
+
+
+__all__ = ["DistInfo", "TrainingParts", "build_dataset", "build_training", "export_final_weights",
+           "make_prepare_batch", "seed_everything", "train_from_config"]
