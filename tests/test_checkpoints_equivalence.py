@@ -20,7 +20,7 @@ from kmax_deeplab.modeling.backbones.convnext import ConvNeXtBlock
 from kmax_deeplab.modeling.layers.axial_attention import AxialAttention1d
 from kmax_deeplab.modeling.layers.conv_norm import ConvNormAct
 
-tf = pytest.importorskip("tensorflow")
+import tensorflow as tf  # noqa: E402  (test extra; a missing install must fail, not skip)
 
 RNG = np.random.default_rng(0)
 EPS_BN = 1e-3

@@ -15,7 +15,7 @@ from _ckpt_layouts import our_shapes, random_tf_variables, read_tsv, small_model
 from kmax_deeplab.checkpoints.deeplab2_tf import load_deeplab2_checkpoint
 from kmax_deeplab.checkpoints.tf_reader import TFCheckpointError, list_variables, load_variables
 
-tf = pytest.importorskip("tensorflow")
+import tensorflow as tf  # noqa: E402  (test extra; a missing install must fail, not skip)
 
 SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 

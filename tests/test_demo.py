@@ -10,8 +10,6 @@ from PIL import Image
 
 from kmax_deeplab.cli import main
 
-pytest.importorskip("kmax_deeplab.modeling.kmax.model", reason="needs the kMaX model (feat/kmaxhead)")
-pytest.importorskip("kmax_deeplab.engine.predictor", reason="needs the predictor (feat/postproc)")
 
 
 def _rgb_to_id(path):

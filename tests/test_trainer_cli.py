@@ -38,8 +38,6 @@ def test_kmax_train_and_module_entry_share_options():
 
 @pytest.fixture(scope="module")
 def synthetic_root(tmp_path_factory):
-    pytest.importorskip("kmax_deeplab.modeling.kmax.model", reason="needs the kMaX model (feat/kmaxhead)")
-    pytest.importorskip("kmax_deeplab.engine.predictor", reason="needs the predictor (feat/postproc)")
     from kmax_deeplab.data.synthetic import write_synthetic_dataset
 
     root = tmp_path_factory.mktemp("synthetic")
@@ -62,6 +60,12 @@ def test_kmax_train_runs_and_resumes(synthetic_root, tmp_path):
     assert (out / "last_checkpoint").read_text().strip() == "model_0000003.pt"
     assert (out / "model_final" / "model.safetensors").is_file()
     assert (out / "config.yaml").is_file()
+    # the exported folder is what `kmax predict --model DIR` loads
+    preds = tmp_path / "preds"
+    image = next((synthetic_root / "val" / "images").iterdir())
+    assert main(["predict", str(image), "--output", str(preds), "--model",
+                 str(out / "model_final"), "--quiet", "--no-overlay"]) == 0
+    assert (preds / f"{image.stem}.png").is_file() and (preds / "predictions.json").is_file()
     rows = read_metrics(out / "metrics.jsonl")
     assert [r["iteration"] for r in rows if "loss/total" in r] == [1, 2, 3]
     assert "val/PQ" in rows[-1]  # validated at the end of the run

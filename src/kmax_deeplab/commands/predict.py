@@ -43,6 +43,8 @@ def _build_predictor(args: argparse.Namespace):
         if args.overrides:
             print("kmax predict: --opts is ignored with --model (the zoo config is used)",
                   file=sys.stderr)
+        if Path(args.model).is_dir():  # a native folder, e.g. a training run's model_final/
+            return Predictor.from_pretrained(args.model, **kwargs)
         return Predictor.from_zoo(args.model, **kwargs)
     config = args.config
     if config is None and args.weights and Path(args.weights).is_dir():
@@ -140,7 +142,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default=None,
                    help="native checkpoint folder (model.safetensors + config.yaml) or a "
                         ".safetensors file with our key names")
-    p.add_argument("--model", default=None, help="model-zoo name (downloaded and cached)")
+    p.add_argument("--model", default=None,
+                   help="model-zoo name (downloaded, converted and cached; see the README's "
+                        "model zoo table) or a native checkpoint folder such as a training "
+                        "run's model_final/")
     p.add_argument("--opts", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
                    help="config overrides, e.g. postprocess.thing_threshold=0.5 "
                         "model.image_size=[641,641]")
