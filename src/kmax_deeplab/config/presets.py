@@ -110,7 +110,7 @@ def _tiny() -> Config:
                         color_jitter=False, copy_paste=False),
         loss=LossConfig(instance_sample_k=512, instance_sample_temperature=1.5,
                         semantic_sample_k=512, semantic_sample_temperature=2.0),
-        solver=SolverConfig(batch_size=8, max_iters=600, base_lr=1e-3, warmup_iters=50,
+        solver=SolverConfig(batch_size=8, max_iters=1500, base_lr=3e-3, warmup_iters=50,
                             checkpoint_period=200, eval_period=0, log_period=10,
                             backbone_lr_multiplier=1.0, output_dir="runs/kmax_tiny"),
         postprocess=PostProcessConfig(thing_threshold=0.5, stuff_threshold=0.4,

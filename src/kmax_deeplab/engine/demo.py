@@ -22,15 +22,15 @@ from typing import Any, Callable
 # Defaults of the full demo: measured on a 2-core CPU VM (see README "Demo").
 DEMO_NUM_TRAIN = 200
 DEMO_NUM_VAL = 40
-DEMO_ITERS = 600
+DEMO_ITERS = 1500  # the synthetic/kmax_tiny schedule (solver.max_iters)
 # --quick: seconds, for tests; the numbers are meaningless.
 QUICK_NUM_TRAIN = 8
 QUICK_NUM_VAL = 2
 QUICK_ITERS = 2
 NOT_COCO_NOTE = ("NOTE: this model was trained for a few minutes on synthetic shapes; it is NOT "
                  "a COCO model and its labels on these photos are meaningless. It only shows the "
-                 "prediction path. For real COCO predictions: kmax predict photo.jpg --model "
-                 "kmax_r50_coco")
+                 "prediction path. For real COCO predictions: kmax predict photo.jpg --output "
+                 "preds/ --model kmax_r50_coco")
 
 
 def coco_sample_images() -> list[Path]:
@@ -107,7 +107,7 @@ def run_demo(output: str | Path = "demo_output", *, iters: int | None = None, qu
     Args:
         output: demo folder (``data/``, ``overview.png``, ``train/``, ``val_predictions/``,
             ``val_overlays.png``, ``coco_sample_predictions/``).
-        iters: training steps (default 600; 2 with ``quick``).
+        iters: training steps (default 1500, the preset's schedule; 2 with ``quick``).
         quick: a seconds-long run with a handful of images (tests).
         num_train / num_val: synthetic images per split (default 200 / 40; 8 / 2 quick).
         seed: dataset and training seed.
