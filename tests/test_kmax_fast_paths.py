@@ -21,18 +21,7 @@ from kmax_deeplab.modeling.kmax import build_kmax
 from kmax_deeplab.modeling.kmax import transformer_decoder as td
 from kmax_deeplab.modeling.kmax.predictor import KMaXPredictor
 from kmax_deeplab.modeling.layers import AxialAttention1d, AxialAttention2d, ConvNormAct, LayerNorm2d
-
-
-def _randomise(module: nn.Module, seed: int = 0) -> None:
-    """Distinct BN affine params / running stats and non-zero γ so every term matters."""
-    g = torch.Generator().manual_seed(seed)
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            c = m.num_features
-            m.running_mean.copy_(torch.randn(c, generator=g))
-            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-            m.weight.data.copy_(torch.randn(c, generator=g))
-            m.bias.data.copy_(torch.randn(c, generator=g))
+from kmax_test_utils import randomise_batch_norms
 
 
 def _plain_axial_1d(att: AxialAttention1d, x: torch.Tensor) -> torch.Tensor:
@@ -102,14 +91,14 @@ def _check_train_and_eval(fast: nn.Module, plain, x: torch.Tensor, tol: float = 
 def test_axial_1d_train_and_eval_match_plain_stack_and_bn():
     torch.manual_seed(0)
     att = AxialAttention1d(6, 7, key_depth=4, value_depth=8, num_heads=2)
-    _randomise(att)
+    randomise_batch_norms(att)
     _check_train_and_eval(att, _plain_axial_1d, torch.randn(3, 6, 7))
 
 
 def test_axial_2d_train_and_eval_match_plain_per_column_then_row():
     torch.manual_seed(1)
     att = AxialAttention2d(6, (5, 4), 4, num_heads=2)
-    _randomise(att, seed=1)
+    randomise_batch_norms(att, seed=1)
     _check_train_and_eval(att, _plain_axial_2d, torch.randn(2, 6, 5, 4))
 
 
@@ -127,7 +116,7 @@ def _plain_conv_norm_act(m: ConvNormAct, x: torch.Tensor) -> torch.Tensor:
 def test_query_1x1_conv_matches_conv1d(bias, norm, act):
     torch.manual_seed(3)
     m = ConvNormAct(8, 5, 1, dim=1, bias=bias, norm=norm, act=act)
-    _randomise(m)
+    randomise_batch_norms(m)
     if bias:
         nn.init.normal_(m.conv.bias)
     _check_train_and_eval(m, _plain_conv_norm_act, torch.randn(3, 8, 6), tol=1e-5)
@@ -144,7 +133,7 @@ def _plain_predictor_masks(p: KMaXPredictor, inputs: torch.Tensor) -> torch.Tens
 def test_predictor_mask_logits_match_plain_einsum_and_1_channel_bn():
     torch.manual_seed(4)
     p = KMaXPredictor(6, 3, query_dim=8, hidden_dim=8, pixel_feature_dim=4)
-    _randomise(p)
+    randomise_batch_norms(p)
     inputs = (torch.randn(2, 8, 5), torch.randn(2, 8, 5), torch.randn(2, 6, 7, 7))
 
     class Masks(nn.Module):
@@ -251,7 +240,7 @@ def test_channels_last_model_gives_the_same_outputs():
     cfg = get_preset("synthetic/kmax_tiny").model
     torch.manual_seed(0)
     model = build_kmax(cfg).eval()
-    _randomise(model)
+    randomise_batch_norms(model)
     images = torch.rand(1, 3, 129, 129) * 255
     with torch.no_grad():
         want = model(images)

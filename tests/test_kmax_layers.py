@@ -14,18 +14,7 @@ from kmax_deeplab.modeling.layers import (
     ConvNormAct,
     RelativePositionalEncoding,
 )
-
-
-def _randomise_bns(module: nn.Module, seed: int = 0) -> None:
-    """Give every BN distinct running stats and affine params so channel order matters."""
-    g = torch.Generator().manual_seed(seed)
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            c = m.num_features
-            m.running_mean.copy_(torch.randn(c, generator=g))
-            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-            m.weight.data.copy_(torch.randn(c, generator=g))
-            m.bias.data.copy_(torch.randn(c, generator=g))
+from kmax_test_utils import randomise_batch_norms
 
 
 def _bn(x: float, bn: nn.BatchNorm1d | nn.BatchNorm2d, ch: int) -> torch.Tensor:
@@ -102,7 +91,7 @@ def _naive_axial_1d(att: AxialAttention1d, x: torch.Tensor) -> torch.Tensor:
 def test_axial_attention_1d_matches_naive_loop():
     torch.manual_seed(0)
     att = AxialAttention1d(6, 5, key_depth=4, value_depth=8, num_heads=2).eval()
-    _randomise_bns(att)
+    randomise_batch_norms(att)
     assert att._batch_norm_similarity.num_features == 6 and att._batch_norm_retrieved_output.num_features == 16
     x = torch.randn(2, 6, 5)
     got = att(x)
@@ -114,7 +103,7 @@ def test_axial_attention_1d_matches_naive_loop():
 def test_axial_attention_2d_runs_height_then_width():
     torch.manual_seed(1)
     att = AxialAttention2d(6, (5, 3), 4, num_heads=2).eval()
-    _randomise_bns(att)
+    randomise_batch_norms(att)
     x = torch.randn(2, 6, 5, 3)
     got = att(x)
     ref = torch.zeros(2, 8, 5, 3)
