@@ -1,8 +1,9 @@
 """Config presets: a plain dict from name to a function returning a fresh :class:`Config`.
 
 Numbers follow spec ``kmax_deeplab.md`` §1 (architecture), §3 (post-processing table)
-and §4 (training recipes; bytedance trains with AMP fp16, hence ``solver.amp="fp16"``). Nothing registers itself at import time; the table below is
-the whole list, printed by ``kmax info``.
+and §4 (training recipes; bytedance trains with AMP fp16, hence ``solver.amp="fp16"``).
+Nothing registers itself at import time; the table below is the whole list, printed by
+``kmax info``.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def _tiny() -> Config:
                         val_image_dir="val/images", val_json="val/panoptic.json",
                         val_panoptic_dir="val/panoptic", crop_size=(129, 129),
                         min_scale=0.5, max_scale=1.5, min_valid_pixels=64, num_workers=0,
-                        # Off for the 600-iteration CPU demo: it underfits rather than overfits,
+                        # Off for the short CPU demo schedule: it underfits rather than overfits,
                         # object colours are already random, and half-scale pasted things on a
                         # 129 canvas are mostly below the stride-4 target resolution.
                         color_jitter=False, copy_paste=False),
