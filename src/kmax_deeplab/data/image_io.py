@@ -1,7 +1,8 @@
-"""Reading images and panoptic PNGs robustly, and encoding segment ids as RGB.
+"""Reading images and panoptic PNGs robustly.
 
 Panoptic PNGs store a segment id per pixel as ``id = R + 256*G + 256**2*B`` (COCO-panoptic
-convention, panopticapi ``rgb2id``); id 0 is void.
+convention, panopticapi ``rgb2id``; the encoding lives in :mod:`kmax_deeplab.panoptic_ids`
+and is re-exported here); id 0 is void.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from kmax_deeplab.panoptic_ids import id_to_rgb, rgb_to_id
 
 __all__ = ["PanopticDataError", "load_rgb_image", "load_panoptic_png", "rgb_to_id", "id_to_rgb"]
 
@@ -112,25 +115,3 @@ def load_panoptic_png(path: str | Path) -> np.ndarray:
     except (OSError, SyntaxError, ValueError) as e:
         raise PanopticDataError(f"{path}: unreadable or truncated panoptic PNG ({e})") from e
     return rgb_to_id(rgb)
-
-
-def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
-    """Decode ``[H, W, 3]`` uint8 colours into int64 ``[H, W]`` ids ``R + 256G + 256²B``."""
-    rgb = rgb.astype(np.int64)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
-
-
-def id_to_rgb(ids: np.ndarray) -> np.ndarray:
-    """Encode int ``[H, W]`` ids (0 <= id < 256³) into uint8 ``[H, W, 3]`` colours.
-
-    Raises:
-        ValueError: an id is negative or >= 256**3.
-    """
-    ids = np.asarray(ids, dtype=np.int64)
-    if ids.size and (ids.min() < 0 or ids.max() >= 256 ** 3):
-        raise ValueError(f"segment ids must lie in [0, 256^3), got [{ids.min()}, {ids.max()}]")
-    out = np.empty(ids.shape + (3,), dtype=np.uint8)
-    out[..., 0] = ids % 256
-    out[..., 1] = (ids // 256) % 256
-    out[..., 2] = ids // (256 * 256)
-    return out

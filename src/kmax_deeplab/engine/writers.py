@@ -17,33 +17,9 @@ import numpy as np
 from PIL import Image
 
 from kmax_deeplab.fileio import atomic_write_bytes, atomic_write_text
+from kmax_deeplab.panoptic_ids import id_to_rgb, rgb_to_id  # noqa: F401  (re-exported)
 
 PREDICTIONS_JSON = "predictions.json"
-
-
-def id_to_rgb(panoptic: np.ndarray) -> np.ndarray:
-    """Encode segment ids as COCO-panoptic colours.
-
-    Args:
-        panoptic: ``[H, W]`` integer ids in ``0 .. 256^3 - 1``.
-
-    Returns:
-        ``[H, W, 3]`` uint8 with ``id = R + 256*G + 256^2*B``.
-
-    Raises:
-        ValueError: an id is negative or does not fit in 24 bits.
-    """
-    ids = np.asarray(panoptic).astype(np.int64)
-    if ids.size and (ids.min() < 0 or ids.max() >= 256 ** 3):
-        raise ValueError(f"panoptic ids must lie in [0, 2^24), got {ids.min()}..{ids.max()}")
-    # [H, W] -> [H, W, 3] base-256 digits, least significant first
-    return np.stack([ids % 256, ids // 256 % 256, ids // 256 ** 2], axis=-1).astype(np.uint8)
-
-
-def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`id_to_rgb`: ``[H, W, 3]`` uint8 -> ``[H, W]`` int32."""
-    rgb = np.asarray(rgb).astype(np.int32)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 256 ** 2 * rgb[..., 2]
 
 
 def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:

@@ -17,6 +17,7 @@ from PIL import Image
 
 from kmax_deeplab.evaluation.errors import PanopticEvaluationError
 from kmax_deeplab.evaluation.png_fast import decode_panoptic_png_ids
+from kmax_deeplab.panoptic_ids import rgb_to_id
 
 __all__ = [
     "rgb_to_id",
@@ -25,29 +26,6 @@ __all__ = [
     "match_annotations",
     "categories_by_id",
 ]
-
-
-def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
-    """Decode an RGB-encoded panoptic map into segment ids.
-
-    Args:
-        rgb: ``[H, W, 3+]`` uint8 (extra channels such as alpha are ignored, as
-            panopticapi's ``rgb2id`` does) or ``[H, W]`` integer ids (returned as is).
-
-    Returns:
-        ``[H, W]`` uint32 ids ``R + 256 G + 256² B``.
-    """
-    if rgb.ndim == 2:
-        return rgb.astype(np.uint32, copy=False)
-    if rgb.ndim != 3 or rgb.shape[2] < 3:
-        raise ValueError(f"expected [H, W, 3] colours, got shape {rgb.shape}")
-    if rgb.dtype != np.uint8:
-        c = rgb.astype(np.uint32)
-        return c[..., 0] + 256 * c[..., 1] + 65536 * c[..., 2]
-    ids = rgb[..., 2].astype(np.uint32) << 16
-    ids |= rgb[..., 1].astype(np.uint32) << 8
-    ids |= rgb[..., 0]
-    return ids
 
 
 def read_panoptic_png(path: str | os.PathLike, *, image_id: Any = None, fast: bool = True) -> np.ndarray:
@@ -94,7 +72,7 @@ def read_panoptic_png(path: str | os.PathLike, *, image_id: Any = None, fast: bo
         raise PanopticEvaluationError(
             f"panoptic PNG {name}{what} has {arr.shape[2]} channels; expected RGB(A) "
             f"colours R + 256 G + 256² B or one channel of ids")
-    return rgb_to_id(arr)
+    return rgb_to_id(arr, np.uint32)
 
 
 def load_panoptic_json(path: str | os.PathLike) -> dict:

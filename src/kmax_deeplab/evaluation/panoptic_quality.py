@@ -72,7 +72,7 @@ class PanopticQualityAccumulator:
 
         Args:
             gt_panoptic: ``[H, W]`` integer GT segment ids (decode PNGs with
-                :func:`~kmax_deeplab.evaluation.panoptic_io.rgb_to_id`).
+                :func:`~kmax_deeplab.panoptic_ids.rgb_to_id`).
             gt_segments_info: GT segments (``id``, ``category_id``, ``iscrowd``,
                 optional ``area``).
             pred_panoptic: ``[H, W]`` integer predicted segment ids.
