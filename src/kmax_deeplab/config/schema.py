@@ -278,6 +278,8 @@ def load_config(source: str | Path, overrides: Sequence[str] = ()) -> Config:
     Raises:
         FileNotFoundError: ``source`` is neither a preset nor an existing file.
         ValueError: the file has unknown keys or badly typed values.
+        kmax_deeplab.errors.ConfigError: a value out of range or not a known choice
+            (:func:`~kmax_deeplab.config.validate.validate_config`).
     """
     from kmax_deeplab.config.presets import PRESETS, get_preset
 
@@ -303,7 +305,9 @@ def load_config(source: str | Path, overrides: Sequence[str] = ()) -> Config:
             cfg = config_from_dict(data)
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
-    return apply_overrides(cfg, overrides) if overrides else cfg
+    from kmax_deeplab.config.validate import validate_config
+
+    return validate_config(apply_overrides(cfg, overrides) if overrides else cfg)
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
