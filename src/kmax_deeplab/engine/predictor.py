@@ -128,10 +128,15 @@ def _read_weights(path: str | Path) -> dict:
     if path.suffix == ".safetensors" and path.is_file():
         from safetensors.torch import load_file
 
+        from kmax_deeplab.checkpoints.checksums import check_finite, verify_sha256
+
+        verify_sha256(path)  # when a .sha256 sidecar is beside the file
         try:
-            return load_file(str(path))
+            state = load_file(str(path))
         except Exception as e:  # safetensors raises its own error types
             raise ValueError(f"{path}: cannot read safetensors weights ({e})") from None
+        check_finite(state, str(path))
+        return state
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such weights file or checkpoint folder")
     raise ValueError(f"{path}: weights must be a checkpoint folder (model.safetensors + "
