@@ -150,6 +150,7 @@ class SolverConfig:
         grad_accum_steps: micro-batches per optimizer step.
         checkpoint_period / eval_period / log_period: in optimizer steps (0 = off).
         nan_policy: ``"raise"`` (stop, naming the iteration and loss term) or ``"skip"``.
+        keep_last_n: after each checkpoint, delete all but the newest N (0 = keep all).
         seed: data order, augmentation and initialisation seed.
         output_dir: default run folder.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
@@ -171,6 +172,7 @@ class SolverConfig:
     eval_period: int = 5000
     log_period: int = 20
     nan_policy: str = "raise"  # or "skip"
+    keep_last_n: int = 0  # keep only the newest N training checkpoints (0 = all)
     seed: int = 0
     output_dir: str = "runs/kmax"
     device: str = "auto"  # "auto" (cuda:LOCAL_RANK if available, else cpu) | "cpu" | "cuda"
