@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
             args.gt_json, args.pred_json, args.gt_folder, args.pred_folder,
             dataset=args.dataset, categories=args.categories, use_train_id=use_train_id,
             semantic=args.miou, instance=args.ap, num_workers=args.workers,
-            progress=not args.no_progress,
+            progress=not args.no_progress, strict_void=args.strict_void,
         )
     except PanopticEvaluationError as exc:
         print(f"kmax evaluate: error: {exc}", file=sys.stderr)
@@ -83,5 +83,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="worker processes (default: all CPUs; 0 = in this process)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--strict-void", action="store_true",
+                   help="a prediction listing segment id 0 (VOID in panoptic PNGs) is an error "
+                        "(default: scored as a segment, as panopticapi does, with a warning)")
     p.add_argument("--output", default=None, help="write all results as JSON here (atomically)")
     p.set_defaults(func=run)

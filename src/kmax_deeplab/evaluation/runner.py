@@ -194,6 +194,7 @@ def evaluate_files(
     num_workers: int | None = None,
     chunk_size: int | None = None,
     progress: bool = True,
+    strict_void: bool = False,
 ) -> dict:
     """Evaluate COCO-panoptic prediction files against GT files.
 
@@ -210,6 +211,8 @@ def evaluate_files(
         chunk_size: images per task sent to a worker (``None``: 1-4, so that each
             worker gets at least ~8 tasks and none waits long for the last one).
         progress: tqdm progress bar over images.
+        strict_void: a prediction listing segment id 0 (VOID in panoptic PNGs) is an error;
+            by default it is scored as a segment, as panopticapi does, with a warning.
 
     Returns:
         ``{"panoptic": pq results, "semantic": ..., "instance": ..., "num_images": int,
@@ -225,6 +228,7 @@ def evaluate_files(
     cats = resolve_categories(gt_json, gt_json_file, dataset=dataset, categories=categories,
                               use_train_id=use_train_id)
     pairs = match_annotations(gt_json, pred_json)
+    check_prediction_void_ids(pairs, strict=strict_void)
     workers = (os.cpu_count() or 1) if num_workers is None else num_workers
     if chunk_size is None:
         chunk_size = max(1, min(4, len(pairs) // (8 * max(workers, 1))))
@@ -251,6 +255,35 @@ def evaluate_files(
     out = total.compute()
     out["categories"] = cats
     return out
+
+
+def check_prediction_void_ids(pairs: Sequence[tuple[dict, dict]], *, strict: bool = False) -> int:
+    """Find predictions whose ``segments_info`` lists id 0 (VOID in panoptic PNGs).
+
+    panopticapi scores such a segment like any other (deeplab2's own test predictions
+    list one), so by default this only warns, naming the first image; with ``strict``
+    it is an error.
+
+    Returns:
+        The number of such images.
+
+    Raises:
+        PanopticEvaluationError: ``strict`` and some prediction lists id 0.
+    """
+    import warnings
+
+    bad = [gt.get("image_id") for gt, pred in pairs
+           if isinstance(pred.get("segments_info"), list)
+           and any(isinstance(s, dict) and s.get("id") == 0 for s in pred["segments_info"])]
+    if bad and strict:
+        raise PanopticEvaluationError(
+            f"image {bad[0]!r}: predicted segments_info lists id 0, which is VOID in panoptic "
+            f"PNGs ({len(bad)} image(s) in all); give those segments another id")
+    if bad:
+        warnings.warn(f"{len(bad)} prediction(s) list segment id 0 (VOID in panoptic PNGs), e.g. "
+                      f"image {bad[0]!r}; scored as a segment as panopticapi does "
+                      "(--strict-void makes this an error)", UserWarning, stacklevel=3)
+    return len(bad)
 
 
 def _consume(results, total: PanopticEvaluator, bar) -> None:
