@@ -77,7 +77,7 @@ def test_native_folder_sha256_checked_on_load(tmp_path, tiny_state, capsys):
     code = cli.main(["predict", str(img), "-o", str(tmp_path / "o"), "--weights", str(folder),
                      "--quiet"])
     err = capsys.readouterr().err
-    assert code == 2 and "SHA-256 mismatch" in err and str(weights) in err
+    assert code == 1 and "SHA-256 mismatch" in err and str(weights) in err
     assert "Traceback" not in err
 
 
@@ -107,7 +107,7 @@ def test_nan_weights_are_refused_naming_the_tensor(tmp_path, tiny_state, capsys)
                      "synthetic/kmax_tiny", "--weights", str(tmp_path / "w.safetensors"), "--quiet",
                      "--opts", "model.image_size=[33,33]", "data.crop_size=[33,33]"])
     err = capsys.readouterr().err
-    assert code == 2 and name in err and "NaN/inf" in err and "Traceback" not in err
+    assert code == 1 and name in err and "NaN/inf" in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import sys
 import traceback
 from typing import Callable
@@ -35,7 +36,7 @@ EXIT_BUG = 3
 """Exit code of an unexpected exception (a bug in kmax-deeplab: please report it)."""
 
 # torch's UnpicklingError advice: never repeat it to a user (it runs the pickle's code).
-_DANGEROUS_ADVICE = ("weights_only=False", "weights_only = False")
+_DANGEROUS_ADVICE = re.compile(r"weights_only`?\s*(=|set to)\s*`?False", re.IGNORECASE)
 
 
 class KmaxError(Exception):
@@ -109,9 +110,13 @@ def is_expected(exc: BaseException) -> bool:
 
 
 def _one_line(text: str) -> str:
-    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
-    kept = [ln for ln in lines if not any(a in ln for a in _DANGEROUS_ADVICE)]
-    return " ".join(kept or lines[:1]).strip()
+    """Join the lines of a message; drop every sentence advising ``weights_only=False``."""
+    joined = " ".join(ln.strip() for ln in str(text).splitlines() if ln.strip())
+    if _DANGEROUS_ADVICE.search(joined):
+        sentences = re.split(r"(?<=[.!?])\s+", joined)
+        joined = " ".join(x for x in sentences if not _DANGEROUS_ADVICE.search(x))
+        joined = joined or "refused: the file may run code"
+    return joined.strip()
 
 
 def _describe(exc: BaseException) -> tuple[str, str | None]:

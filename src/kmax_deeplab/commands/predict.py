@@ -184,13 +184,9 @@ def run(args: argparse.Namespace) -> int:
     from kmax_deeplab.engine.predict_journal import check_output_folder
 
     check_output_folder(args.output, resume=args.resume, overwrite=args.overwrite)
-    try:
-        predictor = _build_predictor(args)
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        from kmax_deeplab.errors import format_error
-
-        print(format_error(e, "kmax predict"), file=sys.stderr)
-        return 2
+    # Errors building the predictor (config, weights, zoo) follow the CLI error policy:
+    # one line; exit code 2 for config values, 1 for unusable files.
+    predictor = _build_predictor(args)
     done, errors = predict_files(predictor, files, args.output, overlay=not args.no_overlay,
                                  progress=not args.quiet, resume=args.resume,
                                  overwrite=args.overwrite, max_pixels=args.max_pixels)
