@@ -75,10 +75,16 @@ class SolverConfig:
         batch_size: GLOBAL images per optimizer step, split over ranks and
             ``grad_accum_steps`` (must divide evenly).
         max_iters: optimizer steps; the poly schedule reaches 0 here.
-        base_lr / backbone_lr_multiplier: AdamW LR; x0.1 for modules named ``*backbone*``.
+        base_lr / backbone_lr_multiplier: base LR; x0.1 for the ``backbone`` module (kMaX's
+            rule; a family may give other LR rules).
         weight_decay / betas / eps: AdamW (eps 1e-8 bytedance; deeplab2 uses 1e-7).
         warmup_iters / warmup_factor / poly_power: linear warmup from
             ``warmup_factor`` x LR (bytedance 0.001; deeplab2 0), then poly decay.
+        optimizer: ``"adamw"`` (kMaX, K-Net) or ``"adam"`` (MaX-DeepLab).
+        lr_schedule: ``"warmup_poly"`` or ``"warmup_step"`` (decay by ``lr_gamma`` at each of
+            ``lr_steps``).
+        clip_grad_norm: max global L2 gradient norm, applied after AMP unscaling (0 = off;
+            K-Net 1.0).
         amp: ``"none"`` (fp32), ``"bf16"`` or ``"fp16"`` (with a GradScaler; CUDA only);
             losses are always computed in fp32.
         grad_accum_steps: micro-batches per optimizer step.
@@ -99,6 +105,11 @@ class SolverConfig:
     warmup_iters: int = 5000
     warmup_factor: float = 0.001
     poly_power: float = 0.9
+    optimizer: str = "adamw"  # or "adam" (MaX-DeepLab)
+    lr_schedule: str = "warmup_poly"  # or "warmup_step" (K-Net)
+    lr_steps: tuple[int, ...] = ()  # warmup_step: iterations where the LR is multiplied by lr_gamma
+    lr_gamma: float = 0.1
+    clip_grad_norm: float = 0.0  # > 0: clip the global L2 norm of the (unscaled) gradients
     amp: str = "none"  # "none" | "bf16" | "fp16"
     grad_accum_steps: int = 1
     checkpoint_period: int = 5000

@@ -11,7 +11,8 @@ One optimizer step (spec ``kmax_deeplab.md`` §4, §7.7):
    criterion outside autocast (losses always in fp32), check every term is finite
    (the check is agreed across ranks), backward ``sum(terms) / grad_accum_steps``
    (scaled by a ``GradScaler`` under fp16; DDP syncs gradients on the last micro-batch);
-2. ``optimizer.step()`` (the family's optimizer, e.g. AdamW, :mod:`kmax_deeplab.solver`),
+2. with ``solver.clip_grad_norm > 0``: unscale (fp16) and clip the global gradient norm;
+3. ``optimizer.step()`` (the family's optimizer, e.g. AdamW, :mod:`kmax_deeplab.solver`),
    ``scheduler.step()``.
 
 A non-finite term raises :class:`FloatingPointError` naming the iteration and the term
@@ -275,6 +276,11 @@ class Trainer:
             logger.warning("%s; skipping this update", msg)
             self.skipped_steps += 1
             return None
+        clip = float(getattr(self.solver, "clip_grad_norm", 0.0) or 0.0)
+        if clip > 0:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+            torch.nn.utils.clip_grad_norm_(
+                [p for g in self.optimizer.param_groups for p in g["params"]], clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         sums["total"] = sum(v for k, v in sums.items())
