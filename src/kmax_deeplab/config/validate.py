@@ -65,8 +65,9 @@ def _positive_ints(values: Any, option: str, minimum: int = 1) -> None:
 def validate_config(cfg: Any) -> Any:
     """Check ranges and enumerations of ``cfg``; returns ``cfg`` unchanged.
 
-    Checked: post-processing thresholds finite in [0, 1], weights finite and >= 0, area
-    limits >= 0, ``postprocess.variant`` known; loss weights finite >= 0, ``focal_alpha``
+    Checked (by field-name convention, so every family's sections are covered):
+    post-processing ``*_threshold`` finite in [0, 1], ``*_weight`` finite and >= 0,
+    ``*_area_limit`` >= 0, ``postprocess.variant`` known (kMaX); loss weights finite >= 0, ``focal_alpha``
     in [0, 1], temperatures > 0; data scales > 0 with ``min_scale <= max_scale``, known
     ``data.dataset`` and ``data.on_bad_sample``; solver sizes >= 1, LR > 0, ``betas`` in
     [0, 1), ``eps`` > 0, known ``amp``/``nan_policy``, a well-formed ``device``; model
@@ -75,29 +76,33 @@ def validate_config(cfg: Any) -> Any:
     Raises:
         ConfigError: naming the first bad option and its value.
     """
+    family = getattr(getattr(cfg, "model", None), "meta_architecture", None)
     pp = getattr(cfg, "postprocess", None)
     if pp is not None:
-        from kmax_deeplab.modeling.postprocess import VARIANTS
+        if family == "kmax" and hasattr(pp, "variant"):
+            from kmax_deeplab.modeling.postprocess import VARIANTS
 
-        _one_of(pp.variant, "postprocess.variant", VARIANTS)
-        for name in ("thing_threshold", "stuff_threshold", "overlap_threshold",
-                     "pixel_confidence_threshold"):
-            _in_range(getattr(pp, name), f"postprocess.{name}", 0.0, 1.0)
-        for name in ("class_weight", "mask_weight"):
-            _in_range(getattr(pp, name), f"postprocess.{name}", 0.0)
-        for name in ("thing_area_limit", "stuff_area_limit"):
-            _positive_ints(getattr(pp, name), f"postprocess.{name}", 0)
+            _one_of(pp.variant, "postprocess.variant", VARIANTS)
+        for name, value in vars(pp).items():
+            if name.endswith("_threshold"):
+                _in_range(value, f"postprocess.{name}", 0.0, 1.0)
+            elif name.endswith("_weight"):
+                _in_range(value, f"postprocess.{name}", 0.0)
+            elif name.endswith("_area_limit"):
+                _positive_ints(value, f"postprocess.{name}", 0)
     loss = getattr(cfg, "loss", None)
     if loss is not None:
         for name, value in vars(loss).items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
             if name.endswith("_weight"):
                 _in_range(value, f"loss.{name}", 0.0)
             elif name.endswith("temperature"):
                 _in_range(value, f"loss.{name}", 0.0, lo_open=True)
             elif name.endswith("_sample_k"):
                 _positive_ints(value, f"loss.{name}", 0)
-        if hasattr(loss, "focal_alpha"):
-            _in_range(loss.focal_alpha, "loss.focal_alpha", 0.0, 1.0)
+            elif name == "focal_alpha":
+                _in_range(value, "loss.focal_alpha", 0.0, 1.0)
     data = getattr(cfg, "data", None)
     if data is not None:
         from kmax_deeplab.data.catalog import get_dataset_meta
@@ -118,6 +123,15 @@ def validate_config(cfg: Any) -> Any:
     solver = getattr(cfg, "solver", None)
     if solver is not None:
         _one_of(solver.amp, "solver.amp", AMP)
+        if hasattr(solver, "optimizer") or hasattr(solver, "lr_schedule"):
+            from kmax_deeplab.solver import OPTIMIZERS, SCHEDULES
+
+            _one_of(getattr(solver, "optimizer", "adamw"), "solver.optimizer", OPTIMIZERS)
+            _one_of(getattr(solver, "lr_schedule", "warmup_poly"), "solver.lr_schedule", SCHEDULES)
+        if hasattr(solver, "lr_gamma"):
+            _in_range(solver.lr_gamma, "solver.lr_gamma", 0.0, lo_open=True)
+        if hasattr(solver, "clip_grad_norm"):
+            _in_range(solver.clip_grad_norm, "solver.clip_grad_norm", 0.0)
         _one_of(solver.nan_policy, "solver.nan_policy", NAN_POLICIES)
         if not isinstance(solver.device, str) or not _DEVICE_RE.match(solver.device):
             raise ConfigError(f"solver.device={solver.device!r}: unknown device; expected one of "

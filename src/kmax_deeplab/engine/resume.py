@@ -159,15 +159,19 @@ def latest_intact_checkpoint(output_dir: str | Path, map_location: str = "cpu") 
 
 
 def apply_solver_schedule(scheduler: Any, optimizer: Any, solver: Any) -> bool:
-    """Make a loaded ``WarmupPolyLR`` and the group LRs follow ``solver`` (after accepted changes).
+    """Make a loaded ``WarmupPolyLR``/``WarmupStepLR`` and the LRs follow ``solver`` (accepted changes).
 
     Returns:
         Whether anything changed (nothing does when the config is the stored one, so an
         unchanged resume stays bit-identical).
     """
     changed = False
+    def ints(v):
+        return [int(x) for x in v]
+
     for attr, key, kind in (("max_iters", "max_iters", int), ("warmup_iters", "warmup_iters", int),
-                            ("warmup_factor", "warmup_factor", float), ("power", "poly_power", float)):
+                            ("warmup_factor", "warmup_factor", float), ("power", "poly_power", float),
+                            ("steps", "lr_steps", ints), ("gamma", "lr_gamma", float)):
         if hasattr(scheduler, attr) and hasattr(solver, key):
             new = kind(getattr(solver, key))
             if getattr(scheduler, attr) != new:
