@@ -81,6 +81,23 @@ def test_native_folder_sha256_checked_on_load(tmp_path, tiny_state, capsys):
     assert "Traceback" not in err
 
 
+def test_converted_folder_follows_the_umask(tmp_path, tiny_state):
+    from safetensors.torch import save_file
+
+    from kmax_deeplab.checkpoints.zoo import convert_file
+
+    src = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_state.items()}, str(src))
+    old = os.umask(0o022)
+    try:
+        out = convert_file(src, tmp_path / "native", source="imagenet", preset="synthetic/kmax_tiny",
+                           strict=False)
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o755
+    assert (out / WEIGHTS_NAME).stat().st_mode & 0o777 == 0o644
+
+
 def test_folder_without_sidecar_loads_with_a_warning(tmp_path, tiny_state):
     folder = save_native(tmp_path / "m", tiny_state, _tiny_cfg())
     (folder / (WEIGHTS_NAME + ".sha256")).unlink()

@@ -215,6 +215,9 @@ def convert_file(src: Path, dst: Path, *, source: str, preset: str, strict: bool
         raise FileExistsError(f"{dst}: already exists; choose a new output folder")
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent if dst.parent.exists() else None))
     try:
+        from kmax_deeplab.fileio import current_umask
+
+        os.chmod(tmp, 0o777 & ~current_umask())  # the folder a plain mkdir makes, not mkdtemp's 0700
         save_native(tmp, sd, cfg, meta)
         dst.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, dst)
