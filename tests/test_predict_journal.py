@@ -213,3 +213,30 @@ def test_max_pixels_option_and_error_keeps_finished_work(tmp_path, capsys, monke
     assert err.startswith("kmax predict: error: ") and "No space left on device" in err
     assert "free some disk space" in err
     assert _listed(out2) == ["p0", "p1"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_the_finished_images(tmp_path, capsys, monkeypatch):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((8, 8, 3), 50 * i, np.uint8)).save(inputs / f"q{i}.png")
+    from kmax_deeplab.engine import writers
+
+    real = writers.PredictionWriter.add
+    calls = []
+
+    def add(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(writers.PredictionWriter, "add", add)
+    out = tmp_path / "out"
+    assert cli.main(["predict", str(inputs), "-o", str(out), *OPTS]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert _listed(out) == ["q0", "q1"]
+    monkeypatch.undo()
+    assert cli.main(["predict", str(inputs), "-o", str(out), "--resume", *OPTS]) == 0
+    assert _listed(out) == ["q0", "q1", "q2", "q3"]

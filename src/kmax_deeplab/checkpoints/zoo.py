@@ -209,6 +209,9 @@ def convert_file(src: Path, dst: Path, *, source: str, preset: str, strict: bool
         raise ValueError(f"model family {family.name!r} has no {source!r} checkpoint importer "
                          f"(it has: {', '.join(sorted(family.importers)) or 'none'})")
     sd = importer(src, family.build_model(cfg), cfg, strict=strict)
+    from kmax_deeplab.checkpoints.checksums import check_finite
+
+    check_finite(sd, str(src))  # NaN/inf weights would predict nothing, silently
     meta = {"source": source, "original": Path(src).name, **(metadata or {})}
     dst = Path(dst)
     if dst.exists():
