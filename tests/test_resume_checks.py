@@ -194,3 +194,14 @@ def test_files_follow_the_umask(tmp_path):
         os.umask(old)
     for p in (out / "model_0000002.pt", out / "last_checkpoint", tmp_path / "t.txt"):
         assert p.stat().st_mode & 0o777 == 0o640, p
+
+
+def test_fresh_run_into_a_used_run_folder_is_refused(tmp_path):
+    from kmax_deeplab.engine.resume import check_fresh_run_folder
+
+    check_fresh_run_folder(tmp_path / "new")  # missing: fine
+    out = tmp_path / "run"
+    _trainer(out).train(max_iters=2)
+    with pytest.raises(InputError, match=r"already holds a training run \(model_0000002.pt\)") as e:
+        check_fresh_run_folder(out)
+    assert "--resume" in e.value.hint

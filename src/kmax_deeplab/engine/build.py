@@ -144,11 +144,13 @@ def train_from_config(cfg: Any, *, output_dir: str | Path | None = None, resume:
     """
     from kmax_deeplab.config import config_to_dict, save_config
     from kmax_deeplab.config.validate import check_device
-    from kmax_deeplab.engine.resume import clean_run_folder, prepare_resume
+    from kmax_deeplab.engine.resume import check_fresh_run_folder, clean_run_folder, prepare_resume
     from kmax_deeplab.engine.trainer import Trainer
 
     setup_console_logging()
     out = Path(output_dir or cfg.solver.output_dir)
+    if not resume:
+        check_fresh_run_folder(out)  # never mix two runs in one folder
     device = getattr(cfg.solver, "device", "auto")
     if device != "auto":
         check_device(device, "solver.device")

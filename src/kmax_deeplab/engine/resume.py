@@ -33,7 +33,8 @@ logger = logging.getLogger("kmax_deeplab.train")
 
 __all__ = ["HARMLESS_KEYS", "ResumePoint", "config_changes", "check_config_changes",
            "parse_accepted", "latest_intact_checkpoint", "apply_solver_schedule",
-           "truncate_metrics", "prepare_resume", "remove_stale_tmp_files"]
+           "truncate_metrics", "prepare_resume", "check_fresh_run_folder", "clean_run_folder",
+           "remove_stale_tmp_files"]
 
 HARMLESS_KEYS = ("name", "solver.output_dir", "solver.log_period", "solver.checkpoint_period",
                  "solver.eval_period", "solver.keep_last_n", "solver.device", "data.num_workers")
@@ -239,9 +240,27 @@ def prepare_resume(output_dir: str | Path, requested: Mapping[str, Any],
     return point
 
 
+def check_fresh_run_folder(output_dir: str | Path) -> None:
+    """A run without ``--resume`` must not write into a folder holding another run's checkpoints.
+
+    (Its ``metrics.jsonl`` would be mixed, and a later ``--resume`` could pick the older
+    run's newer checkpoint.)
+
+    Raises:
+        InputError: ``output_dir`` has ``model_*.pt`` files or ``last_checkpoint``.
+    """
+    output_dir = Path(output_dir)
+    found = _checkpoint_files(output_dir) if output_dir.is_dir() else []
+    if found or (output_dir / ckpt.LAST_CHECKPOINT).is_file():
+        names = ", ".join(p.name for p in found[:3]) or ckpt.LAST_CHECKPOINT
+        raise InputError(f"{output_dir}: already holds a training run ({names})",
+                         hint="--resume continues it; choose another --output-dir to start afresh")
+
+
 def clean_run_folder(output_dir: str | Path, iteration: int) -> None:
     """Before continuing at ``iteration``: remove stale ``.tmp`` files, truncate ``metrics.jsonl``."""
     output_dir = Path(output_dir)
-    for p in remove_stale_tmp_files(output_dir):
-        logger.info("removed stale temporary file %s", p)
+    for folder in (output_dir, output_dir / "model_final"):
+        for p in remove_stale_tmp_files(folder):
+            logger.info("removed stale temporary file %s", p)
     truncate_metrics(output_dir / "metrics.jsonl", iteration)
