@@ -113,7 +113,10 @@ def predict_files(predictor, files: Sequence[Path], output: str | Path, *, overl
     def fail(path: Path, exc: BaseException) -> None:
         from kmax_deeplab.errors import format_error
 
-        msg = f"skipping {path}: " + format_error(exc, "").split(": error: ", 1)[-1]
+        reason = format_error(exc, "").split(": error: ", 1)[-1]
+        if reason.startswith(f"{path}: "):
+            reason = reason[len(f"{path}: "):]  # the path is named once
+        msg = f"skipping {path}: {reason}"
         errors.append(msg)
         journal.record_failure(path, msg)
         tqdm.write(f"kmax predict: {msg}", file=sys.stderr)
