@@ -208,8 +208,9 @@ class Predictor:
 
         Returns:
             One dict per image: ``panoptic`` ``[H, W]`` int32 numpy (0 = void),
-            ``segments_info`` (``id``, ``category_id``, ``isthing``, ``score``, ``area``) and,
-            with ``semantic=True``, ``semantic`` ``[H, W]`` int64 train ids.
+            ``segments_info`` (``id``, ``category_id``, ``isthing``, ``score``, ``area``),
+            with ``semantic=True`` ``semantic`` ``[H, W]`` int64 train ids, and ``instances``
+            when the family's post-processing returns them.
         """
         raw = self.forward_batch(images)
         keys = [k for k in self.family.inference_keys if k in raw]
@@ -224,6 +225,8 @@ class Predictor:
                 result = {"panoptic": out["panoptic"].cpu().numpy(), "segments_info": out["segments_info"]}
                 if semantic:
                     result["semantic"] = out["semantic"].cpu().numpy()
+                if out.get("instances") is not None:
+                    result["instances"] = out["instances"]
                 results.append(result)
         return results
 
