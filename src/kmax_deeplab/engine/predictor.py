@@ -168,21 +168,30 @@ class Predictor:
         return cls(model, cfg, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, **kwargs) -> "Predictor":
-        """Load a native checkpoint folder (its ``config.yaml`` builds the model)."""
+    def from_pretrained(cls, folder: str | Path, *, overrides: Sequence[str] = (), **kwargs) -> "Predictor":
+        """Load a native checkpoint folder (its ``config.yaml``, with ``key=value`` overrides,
+        builds the model).
+
+        Raises:
+            ValueError: an override names an unknown key, or the weights do not fit.
+        """
         from kmax_deeplab.checkpoints.native import load_native
+        from kmax_deeplab.config import apply_overrides
 
         cfg, state = load_native(folder)
+        if overrides:
+            cfg = apply_overrides(cfg, overrides)
         model = family_of(cfg).build_model(cfg)
         load_state_strict(model, state, str(folder))
         return cls(model, cfg, **kwargs)
 
     @classmethod
-    def from_zoo(cls, name: str, **kwargs) -> "Predictor":
-        """Fetch (or reuse the cached) model-zoo checkpoint ``name`` and load it."""
+    def from_zoo(cls, name: str, *, overrides: Sequence[str] = (), **kwargs) -> "Predictor":
+        """Fetch (or reuse the cached) model-zoo checkpoint ``name`` and load it (see
+        :meth:`from_pretrained` for ``overrides``)."""
         from kmax_deeplab.checkpoints.zoo import get_zoo_checkpoint
 
-        return cls.from_pretrained(get_zoo_checkpoint(name), **kwargs)
+        return cls.from_pretrained(get_zoo_checkpoint(name), overrides=overrides, **kwargs)
 
     # ------------------------------------------------------------------ inference
     def forward_batch(self, images: Sequence[np.ndarray]) -> dict:
