@@ -178,6 +178,16 @@ def test_every_family_row_is_complete():
         families.get_family("nope")
 
 
+def test_kmax_info_lists_the_families(toy_family, capsys):
+    from kmax_deeplab.cli import main
+
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["families"][TOY] == {"description": "test-only toy family", "importers": ["toy_npz"], "presets": []}
+    assert "synthetic/kmax_tiny" in info["families"]["kmax"]["presets"]
+    assert info["families"]["kmax"]["importers"] == ["deeplab2", "detectron2", "imagenet"]
+
+
 def test_build_model_from_preset_config_yaml_and_folder(tmp_path):
     from kmax_deeplab.checkpoints.native import save_native
     from kmax_deeplab.modeling.kmax import KMaXDeepLab
