@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from kmax_deeplab.engine import checkpointer as ckpt
 from kmax_deeplab.engine.resume import check_config_changes, truncate_metrics
 from kmax_deeplab.engine.trainer import Trainer
 from kmax_deeplab.errors import ConfigError, InputError
@@ -60,7 +59,6 @@ from pathlib import Path
 sys.path.insert(0, {tests!r})
 from _trainer_toys import ToyCriterion, ToyDataset, ToyModel, toy_collate, toy_solver
 from kmax_deeplab.engine import checkpointer, trainer as T
-from kmax_deeplab import fileio
 mode, k = {mode!r}, {k}
 die = lambda: os.kill(os.getpid(), signal.SIGKILL)
 if mode == "step":  # SIGKILL at the start of optimizer step k

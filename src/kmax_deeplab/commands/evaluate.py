@@ -6,26 +6,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 
 def run(args: argparse.Namespace) -> int:
-    from kmax_deeplab.evaluation import PanopticEvaluationError, evaluate_files
+    from kmax_deeplab.evaluation import evaluate_files
     from kmax_deeplab.evaluation import report
     from kmax_deeplab.evaluation.panoptic_io import categories_by_id
     from kmax_deeplab.fileio import atomic_write_text
 
     use_train_id = {"auto": None, "train": True, "label": False}[args.cityscapes_ids]
-    try:
-        results = evaluate_files(
-            args.gt_json, args.pred_json, args.gt_folder, args.pred_folder,
-            dataset=args.dataset, categories=args.categories, use_train_id=use_train_id,
-            semantic=args.miou, instance=args.ap, num_workers=args.workers,
-            progress=not args.no_progress, strict_void=args.strict_void,
-        )
-    except PanopticEvaluationError as exc:
-        print(f"kmax evaluate: error: {exc}", file=sys.stderr)
-        return 1
+    # Bad input raises PanopticEvaluationError naming the image and segment; the CLI error
+    # policy (kmax_deeplab.errors) prints it as one line, exit code 1 (--debug: traceback).
+    results = evaluate_files(
+        args.gt_json, args.pred_json, args.gt_folder, args.pred_folder,
+        dataset=args.dataset, categories=args.categories, use_train_id=use_train_id,
+        semantic=args.miou, instance=args.ap, num_workers=args.workers,
+        progress=not args.no_progress, strict_void=args.strict_void,
+    )
     cats = categories_by_id(results["categories"])
     pq = results["panoptic"]
     if args.per_class:
