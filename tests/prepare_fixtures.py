@@ -74,8 +74,8 @@ def make_cityscapes_raw(root: Path, sample: Path) -> list[str]:
 
 # ADE20K classes (0-based SceneParse150 ids, catalog order) given to the COCO sample's
 # categories: things -> thing classes, stuff -> stuff classes.
-ADE_FOR_COCO = {1: 12, 37: 119, 19: 127, 8: 83,  # person, sports ball->ball, horse->animal, truck
-                184: 9, 193: 13, 187: 2, 185: 4}  # grass, gravel->earth, sky, tree
+ADE_FOR_COCO = {1: 12, 37: 119, 19: 126, 8: 83,  # person, sports ball->ball, horse->animal, truck
+                193: 9, 125: 13, 187: 2, 184: 4}  # grass, gravel->earth, sky, tree
 
 
 def make_ade20k_raw(root: Path, coco_sample: Path) -> dict[str, list[str]]:
