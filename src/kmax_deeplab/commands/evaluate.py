@@ -26,6 +26,8 @@ def run(args: argparse.Namespace) -> int:
         except PanopticEvaluationError as exc:
             print(f"kmax evaluate: error: {exc}", file=sys.stderr)
             return 1
+    elif args.instance or args.cityscapes_gt:
+        return _run_cityscapes_official(args, use_train_id)
     else:
         if not args.gt_json or not args.pred_json:
             return _usage_error("--gt-json and --pred-json are required (unless --merge)")
@@ -59,6 +61,43 @@ def run(args: argparse.Namespace) -> int:
               f"{sh['num_images_total']} images (combine the shards with --merge)")
     if args.output:
         atomic_write_text(args.output, json.dumps(_jsonable(results), indent=2, sort_keys=False) + "\n")
+        print(f"results written to {args.output}")
+    return 0
+
+
+def _run_cityscapes_official(args: argparse.Namespace, use_train_id) -> int:
+    """``--instance`` / ``--cityscapes-gt``: cityscapesScripts' AP and mIoU, plus PQ when
+    ``--gt-json`` is given."""
+    from kmax_deeplab.evaluation import PanopticEvaluationError, evaluate_files, report
+    from kmax_deeplab.evaluation.cityscapes_official import evaluate_cityscapes_official
+    from kmax_deeplab.fileio import atomic_write_text
+
+    if args.dataset != "cityscapes":
+        return _usage_error("--instance and --cityscapes-gt need --dataset cityscapes")
+    if not args.cityscapes_gt:
+        return _usage_error("--instance needs --cityscapes-gt (the gtFine/<split> folder)")
+    if not args.pred_json:
+        return _usage_error("--pred-json is required")
+    if args.shard or args.ap:
+        return _usage_error("--shard and --ap do not combine with the official Cityscapes evaluation")
+    results = {}
+    try:
+        if args.gt_json:
+            results = evaluate_files(
+                args.gt_json, args.pred_json, args.gt_folder, args.pred_folder, dataset="cityscapes",
+                categories=args.categories, use_train_id=use_train_id, num_workers=args.workers,
+                progress=not args.no_progress, backend=args.backend)
+        results["cityscapes"] = evaluate_cityscapes_official(
+            args.cityscapes_gt, args.pred_json, args.pred_folder, use_train_id=use_train_id,
+            instance=args.instance, semantic=args.miou)
+    except PanopticEvaluationError as exc:
+        print(f"kmax evaluate: error: {exc}", file=sys.stderr)
+        return 1
+    if "panoptic" in results:
+        print(report.format_pq_table(results["panoptic"]))
+    print(report.format_cityscapes_official(results["cityscapes"]))
+    if args.output:
+        atomic_write_text(args.output, json.dumps(_jsonable(results), indent=2) + "\n")
         print(f"results written to {args.output}")
     return 0
 
@@ -125,6 +164,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="worker processes (default: all CPUs; 0 = in this process)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--output", default=None, help="write all results as JSON here (atomically)")
+    p.add_argument("--instance", action="store_true",
+                   help="Cityscapes instance AP / AP50 per class by cityscapesScripts' "
+                        "evalInstanceLevelSemanticLabeling (needs --dataset cityscapes, --cityscapes-gt "
+                        "and segment scores); with --miou, also its evalPixelLevelSemanticLabeling "
+                        "mIoU (label ids). --gt-json is then optional (adds PQ)")
+    p.add_argument("--cityscapes-gt", default=None, metavar="DIR",
+                   help="the official gtFine/<split> folder (*_gtFine_instanceIds.png, *_labelIds.png) "
+                        "for --instance and the official --miou")
     p.add_argument("--backend", choices=("hotcoco", "kmax"), default="hotcoco",
                    help="PQ from files: hotcoco (default, Rust, panopticapi-identical; inputs where "
                         "it differs go to ours) or kmax (ours, the reference). --miou/--ap/--shard "
