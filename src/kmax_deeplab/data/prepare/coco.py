@@ -87,7 +87,7 @@ def prepare_coco(root: str | os.PathLike, *, splits: Sequence[str] | None = None
         PrepareError: missing or malformed files (named).
     """
     from kmax_deeplab.data.catalog import get_dataset_meta
-    from kmax_deeplab.evaluation.panoptic_io import read_panoptic_png
+    from kmax_deeplab.data.image_io import PanopticDataError, load_panoptic_png
 
     root = Path(root)
     ann_dir = root / "annotations"
@@ -124,7 +124,10 @@ def prepare_coco(root: str | os.PathLike, *, splits: Sequence[str] | None = None
             return not semantic or valid_png(sem_dir / ann["file_name"], sizes.get(ann["image_id"]))
 
         def convert(ann: dict) -> dict:
-            ids = read_panoptic_png(pan_dir / ann["file_name"], image_id=ann["image_id"])
+            try:
+                ids = load_panoptic_png(pan_dir / ann["file_name"])
+            except PanopticDataError as exc:
+                raise PrepareError(str(exc)) from exc
             rec = {"image": {"id": ann["image_id"]}, "annotation": {"image_id": ann["image_id"]}}
             if semantic:
                 try:
