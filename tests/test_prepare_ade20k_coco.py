@@ -142,3 +142,33 @@ def test_coco_errors(tmp_path):
     with contextlib.redirect_stderr(err):
         assert main(["prepare", "coco", str(tmp_path), "--no-progress"]) == 1
     assert err.getvalue().startswith("kmax prepare coco: error:")
+
+
+def test_ade20k_equals_mask2former_golden(coco_sample, tmp_path):
+    """Mask2Former's own prepare_ade20k_pan_seg.py / prepare_ade20k_sem_seg.py output on the
+    same fixture (tools/record_ade20k_golden.py), up to its random segment ids."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    from record_ade20k_golden import array_sha256, canonical_segments
+
+    golden = json.loads((Path(__file__).parent / "data" / "prepare" /
+                         "ade20k_mask2former_golden.json").read_text())
+    make_ade20k_raw(tmp_path, coco_sample)
+    prepare_ade20k(tmp_path, progress=False)
+    base = tmp_path / "ADEChallengeData2016"
+    seen = 0
+    for split, d in (("train", "training"), ("val", "validation")):
+        data = json.loads((base / f"ade20k_panoptic_{split}.json").read_text())
+        assert [[c["id"], c["name"], c["isthing"]] for c in data["categories"]] == golden["categories_" + split]
+        for img, ann in zip(data["images"], data["annotations"]):
+            want = golden["panoptic"][ann["image_id"]]
+            assert img == want["image"] and ann["file_name"] == want["file_name"]
+            got = canonical_segments(base / f"ade20k_panoptic_{split}" / ann["file_name"], ann["segments_info"])
+            assert got == want["segments"]
+            seen += 1
+        for png in (base / "annotations_detectron2" / d).glob("*.png"):
+            assert array_sha256(png) == golden["semantic_sha256"][png.stem]
+            seen += 1
+    assert seen == 4
