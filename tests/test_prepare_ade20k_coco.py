@@ -172,3 +172,30 @@ def test_ade20k_equals_mask2former_golden(coco_sample, tmp_path):
             assert array_sha256(png) == golden["semantic_sha256"][png.stem]
             seen += 1
     assert seen == 4
+
+
+def test_ade20k_from_the_archives(coco_sample, tmp_path):
+    import shutil
+    import tarfile
+    import zipfile
+
+    make_ade20k_raw(tmp_path / "plain", coco_sample)
+    prepare_ade20k(tmp_path / "plain", progress=False)
+    src = tmp_path / "plain" / "ADEChallengeData2016"
+    root = tmp_path / "archives"
+    root.mkdir()
+    with zipfile.ZipFile(root / "ADEChallengeData2016.zip", "w") as zf:
+        for sub in ("images", "annotations"):
+            for p in sorted((src / sub).rglob("*")):
+                zf.write(p, p.relative_to(src.parent).as_posix())
+    with tarfile.open(root / "annotations_instance.tar", "w") as tf:
+        tf.add(src / "annotations_instance", "annotations_instance")
+    prepare_ade20k(root, progress=False)
+    for split in ("train", "val"):
+        name = f"ade20k_panoptic_{split}.json"
+        assert (root / "ADEChallengeData2016" / name).read_text() == (src / name).read_text()
+    assert not list(root.glob(".*extracting"))
+    shutil.rmtree(root / "ADEChallengeData2016" / "annotations_instance")
+    (root / "annotations_instance.tar").write_bytes(b"not a tar")
+    with pytest.raises(PrepareError, match="annotations_instance.tar"):
+        prepare_ade20k(root, progress=False)

@@ -21,11 +21,62 @@ from PIL import Image
 
 from kmax_deeplab.fileio import atomic_write_bytes, atomic_write_text
 
-__all__ = ["PrepareError", "Journal", "bbox_of", "convert_all", "save_png", "valid_png", "write_json"]
+__all__ = ["PrepareError", "Journal", "bbox_of", "convert_all", "extract_folder", "save_png", "valid_png",
+           "write_json"]
 
 
 class PrepareError(RuntimeError):
     """Raw dataset files missing or malformed; the message names the file."""
+
+
+def extract_folder(archive: Path, folder: str, dest: Path, *, progress: bool = True) -> bool:
+    """Extract the members under ``folder/`` of a zip or tar ``archive`` into ``dest``.
+
+    Nothing happens when ``dest/folder`` exists or ``archive`` does not. The members go
+    to a hidden temporary folder first and ``folder`` is renamed into place at the end,
+    so an interrupted extraction leaves no partial ``dest/folder``.
+
+    Returns:
+        whether it extracted.
+
+    Raises:
+        PrepareError: unreadable archive, or one without ``folder/``.
+    """
+    import shutil
+    import tarfile
+    import zipfile
+
+    from tqdm import tqdm
+
+    if (dest / folder).is_dir() or not archive.is_file():
+        return False
+    tmp = dest / f".{folder}.extracting"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    prefix = f"{folder}/"
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as zf:
+                members = [m for m in zf.namelist() if m.startswith(prefix)]
+                for m in tqdm(members, desc=f"extract {archive.name}", unit="file", disable=not progress):
+                    zf.extract(m, tmp)
+        else:
+            with tarfile.open(archive) as tf:
+                members = [m for m in tf.getmembers() if m.name.startswith(prefix)
+                           and (m.isfile() or m.isdir())]
+                for m in tqdm(members, desc=f"extract {archive.name}", unit="file", disable=not progress):
+                    if hasattr(tarfile, "data_filter"):  # Python >= 3.10.12 / 3.11.4
+                        tf.extract(m, tmp, filter="data")
+                    else:
+                        tf.extract(m, tmp)
+    except (OSError, zipfile.BadZipFile, tarfile.TarError) as exc:
+        raise PrepareError(f"{archive}: not a readable zip/tar archive ({exc})") from exc
+    if not (tmp / folder).is_dir():
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise PrepareError(f"{archive} has no {prefix} folder")
+    os.replace(tmp / folder, dest / folder)  # appears complete or not at all
+    shutil.rmtree(tmp)
+    return True
 
 
 def save_png(path: str | os.PathLike, array: np.ndarray) -> None:

@@ -1,7 +1,9 @@
 """``kmax prepare ade20k``: ADEChallengeData2016 (+ the instance annotations) -> ADE20K
 panoptic (150 classes, 100 things) and the ``reduce_zero_label`` semantic maps.
 
-Input: ``ROOT/ADEChallengeData2016`` (or ``ROOT`` itself) with ``images/{training,
+Input: ``ROOT/ADEChallengeData2016`` (or ``ROOT`` itself; extracted first from
+``ROOT/ADEChallengeData2016.zip`` and ``annotations_instance.tar`` in either folder when
+only the archives are there) with ``images/{training,
 validation}/*.jpg``, ``annotations/{training,validation}/*.png`` (SceneParse150 class + 1;
 0 = "other") and ``annotations_instance/{training,validation}/*.png`` (the instance
 archive ``annotations_instance.tar`` of sceneparsing.csail.mit.edu that Mask2Former
@@ -41,6 +43,7 @@ from kmax_deeplab.data.prepare._common import (
     PrepareError,
     bbox_of,
     convert_all,
+    extract_folder,
     save_png,
     valid_png,
     write_json,
@@ -123,12 +126,15 @@ def convert_ade20k_image(semantic: np.ndarray, instance: np.ndarray, categories:
     return id_to_rgb(pan), segments
 
 
-def _find_base(root: Path) -> Path:
+def _find_base(root: Path, progress: bool) -> Path:
+    extract_folder(root / "ADEChallengeData2016.zip", "ADEChallengeData2016", root, progress=progress)
     for base in (root / "ADEChallengeData2016", root):
         if (base / "images").is_dir() and (base / "annotations").is_dir():
+            for tar in (base / "annotations_instance.tar", root / "annotations_instance.tar"):
+                extract_folder(tar, "annotations_instance", base, progress=progress)
             return base
     raise PrepareError(f"{root}: no ADEChallengeData2016/ with images/ and annotations/ "
-                       f"(extract ADEChallengeData2016.zip there)")
+                       f"(nor ADEChallengeData2016.zip)")
 
 
 def prepare_ade20k(root: str | os.PathLike, *, splits: Sequence[str] | None = None,
@@ -149,7 +155,7 @@ def prepare_ade20k(root: str | os.PathLike, *, splits: Sequence[str] | None = No
         PrepareError: missing folders or files, unreadable or inconsistent annotations
             (the file is named).
     """
-    base = _find_base(Path(root))
+    base = _find_base(Path(root), progress)
     cats = _categories()
     names = dict(ADE20K_SPLITS)
     if splits is None:

@@ -27,8 +27,6 @@ cityscapesScripts' own ``helpers/labels.py``: install the ``[cityscapes]`` extra
 from __future__ import annotations
 
 import os
-import shutil
-import zipfile
 from pathlib import Path
 from typing import Sequence
 
@@ -40,6 +38,7 @@ from kmax_deeplab.data.prepare._common import (
     PrepareError,
     bbox_of,
     convert_all,
+    extract_folder,
     save_png,
     valid_png,
     write_json,
@@ -64,26 +63,6 @@ def cityscapes_labels():
         raise PrepareError("Cityscapes preparation needs cityscapesScripts: "
                            "pip install 'kmax-deeplab[cityscapes]'") from exc
     return labels
-
-
-def _extract(root: Path, folder: str, archive: str, progress: bool) -> None:
-    """Extract ``folder/`` of ``archive`` into ``root`` unless ``root/folder`` exists."""
-    if (root / folder).is_dir() or not (root / archive).is_file():
-        return
-    from tqdm import tqdm
-
-    tmp = root / f".{folder}.extracting"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
-        with zipfile.ZipFile(root / archive) as zf:
-            members = [m for m in zf.namelist() if m.startswith(f"{folder}/")]
-            for m in tqdm(members, desc=f"extract {archive}", unit="file", disable=not progress):
-                zf.extract(m, tmp)
-    except zipfile.BadZipFile as exc:
-        raise PrepareError(f"{root / archive}: not a readable zip archive ({exc})") from exc
-    os.replace(tmp / folder, root / folder)  # appears complete or not at all
-    shutil.rmtree(tmp)
 
 
 def _luts(use_train_id: bool):
@@ -152,7 +131,7 @@ def prepare_cityscapes(root: str | os.PathLike, *, splits: Sequence[str] | None 
     """
     root = Path(root)
     for folder, archive in _ARCHIVES:
-        _extract(root, folder, archive, progress)
+        extract_folder(root / archive, folder, root, progress=progress)
     gt_root = root / "gtFine"
     if not gt_root.is_dir():
         raise PrepareError(f"{gt_root} not found: extract gtFine_trainvaltest.zip into {root}")
