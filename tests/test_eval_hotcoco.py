@@ -141,3 +141,27 @@ def test_cityscapes_string_image_ids_on_hotcoco(cityscapes_sample):
     assert out["backend"] == "hotcoco"
     assert out["panoptic"]["All"]["n"] == 5 and out["panoptic"]["per_class"][13]["tp"] == 5
 
+
+
+@pytest.mark.parametrize("edit", ["no_area", "wrong_area"])
+def test_gt_area_rules_match_ours(pq_testdata, tmp_path, edit):
+    # panopticapi takes |g| from the JSON 'area' when given; ours counts the PNG otherwise.
+    gt = json.loads((pq_testdata / "coco_gt.json").read_text())
+    for ann in gt["annotations"]:
+        for s in ann["segments_info"]:
+            if edit == "no_area":
+                s.pop("area")
+            else:
+                s["area"] += 300
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(gt))
+    args = (path, pq_testdata / "coco_pred.json", pq_testdata / "coco_gt", pq_testdata / "coco_pred")
+    hot = evaluate_files(*args, num_workers=0, progress=False)
+    ours = evaluate_files(*args, num_workers=0, progress=False, backend="kmax")
+    assert hot["backend"] == "hotcoco"
+    for cid, r in ours["panoptic"]["per_class"].items():
+        h = hot["panoptic"]["per_class"][cid]
+        assert (h["tp"], h["fp"], h["fn"]) == (r["tp"], r["fp"], r["fn"])
+        assert h["iou"] == pytest.approx(r["iou"], abs=1e-12, rel=0)
+    if edit == "wrong_area":
+        assert hot["panoptic"]["All"]["pq"] < 0.6740486628641355 - 1e-3  # the JSON area counts
