@@ -211,7 +211,8 @@ def evaluate_files(
         categories: explicit categories (list or JSON file).
         use_train_id: Cityscapes id space (``None``: guess from the file name).
         semantic, instance: also compute mIoU / COCO segm AP.
-        num_workers: worker processes (``None``: ``os.cpu_count()``; 0 or 1: in process).
+        num_workers: worker processes of ours (``None``: ``os.cpu_count()``; 0 or 1: in
+            process); hotcoco uses its own Rust threads (``RAYON_NUM_THREADS``).
         chunk_size: images per task sent to a worker (``None``: 1-4, so that each
             worker gets at least ~8 tasks and none waits long for the last one).
         progress: tqdm progress bar over images (``kmax`` backend).
