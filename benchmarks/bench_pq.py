@@ -162,6 +162,8 @@ def main():
             pc = max(abs(r["per_class"][c][k] - base["per_class"][c][k])
                      for c in base["per_class"] for k in ("pq", "sq", "rq"))
             print(f"max |{name} - {base_name}|: All/Things/Stuff PQ/SQ/RQ {diff:.2e}, per class {pc:.2e}")
+            if max(diff, pc) > 1e-12:
+                raise SystemExit(f"{name} and {base_name} disagree by {max(diff, pc):.2e}")
     print(f"hardware: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"numpy {np.__version__}, Pillow {_version('pillow')}, deflate (libdeflate) "
           f"{_version('deflate')}, pyspng (libspng) {_version('pyspng')}")
