@@ -165,3 +165,16 @@ def test_gt_area_rules_match_ours(pq_testdata, tmp_path, edit):
         assert h["iou"] == pytest.approx(r["iou"], abs=1e-12, rel=0)
     if edit == "wrong_area":
         assert hot["panoptic"]["All"]["pq"] < 0.6740486628641355 - 1e-3  # the JSON area counts
+
+
+def test_prediction_area_iscrowd_score_are_ignored_as_by_panopticapi(pq_testdata, tmp_path):
+    pred = json.loads((pq_testdata / "coco_pred.json").read_text())
+    for ann in pred["annotations"]:
+        for s in ann["segments_info"]:
+            s.update(area=5, iscrowd=1, isthing=1, score=0.5)  # what a predictor might add
+    path = tmp_path / "pred.json"
+    path.write_text(json.dumps(pred))
+    out = evaluate_files(pq_testdata / "coco_gt.json", path, None, pq_testdata / "coco_pred",
+                         num_workers=0, progress=False)
+    assert out["backend"] == "hotcoco"
+    assert out["panoptic"]["All"]["pq"] == pytest.approx(0.6740486628641355, abs=1e-15, rel=0)
