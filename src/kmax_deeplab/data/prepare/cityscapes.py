@@ -36,7 +36,6 @@ from PIL import Image
 from kmax_deeplab.data.prepare._common import (
     Journal,
     PrepareError,
-    bbox_of,
     convert_all,
     extract_folder,
     save_png,
@@ -88,14 +87,28 @@ def convert_instance_ids(instance_ids: np.ndarray, by_id: dict, *, use_train_id:
         use_train_id: ``category_id`` is the train id (else the label id).
 
     Returns:
-        ``([H, W, 3] uint8 panoptic colours, segments_info)``.
+        ``([H, W, 3] uint8 panoptic colours, segments_info)`` (bbox ``[x, y, w, h]`` of
+        the segment's pixels, as createPanopticImgs; computed in one pass over the image).
 
     Raises:
         PrepareError: an id whose label is not in the label table.
     """
-    pan = np.zeros(instance_ids.shape, dtype=np.int64)
+    from scipy import ndimage
+
+    # Linear passes over the pixels (Cityscapes ids < 34000): pixel counts per id, a
+    # dense segment index per pixel, bounding boxes.
+    if instance_ids.size and instance_ids.min() < 0:
+        raise PrepareError(f"negative segment id {int(instance_ids.min())}")
+    counts = np.bincount(instance_ids.ravel())
+    uniq = np.flatnonzero(counts)
+    lut = np.zeros(len(counts), dtype=np.int32)
+    lut[uniq] = np.arange(len(uniq), dtype=np.int32)
+    inv = lut[instance_ids]
+    areas = counts[uniq]
+    boxes = ndimage.find_objects(inv + 1)
+    keep = np.zeros(len(uniq), dtype=bool)
     segments = []
-    for sid in np.unique(instance_ids).tolist():
+    for k, sid in enumerate(uniq.tolist()):
         label_id, crowd = (sid, 1) if sid < 1000 else (sid // 1000, 0)
         lab = by_id.get(label_id)
         if lab is None:
@@ -104,10 +117,13 @@ def convert_instance_ids(instance_ids: np.ndarray, by_id: dict, *, use_train_id:
             continue
         if not lab.hasInstances:
             crowd = 0
-        mask = instance_ids == sid
-        pan[mask] = sid
+        keep[k] = True
+        ys, xs = boxes[k]
         segments.append({"id": int(sid), "category_id": int(lab.trainId if use_train_id else lab.id),
-                         "area": int(mask.sum()), "bbox": bbox_of(mask), "iscrowd": crowd})
+                         "area": int(areas[k]),
+                         "bbox": [int(xs.start), int(ys.start), int(xs.stop - xs.start), int(ys.stop - ys.start)],
+                         "iscrowd": crowd})
+    pan = np.where(keep[inv], instance_ids, 0)
     return id_to_rgb(pan), segments
 
 
