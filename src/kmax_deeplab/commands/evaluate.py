@@ -76,6 +76,8 @@ def _run_cityscapes_official(args: argparse.Namespace, use_train_id) -> int:
         return _usage_error("--instance and --cityscapes-gt need --dataset cityscapes")
     if not args.cityscapes_gt:
         return _usage_error("--instance needs --cityscapes-gt (the gtFine/<split> folder)")
+    if not (args.instance or args.miou):
+        return _usage_error("--cityscapes-gt is for --instance and/or --miou")
     if not args.pred_json:
         return _usage_error("--pred-json is required")
     if args.shard or args.ap:
@@ -157,7 +159,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="JSON file with the categories (a list, or a dict with 'categories'); "
                         "overrides the GT JSON's")
     p.add_argument("--per-class", action="store_true", help="also print the per-class PQ table")
-    p.add_argument("--miou", action="store_true", help="also compute mIoU and pixel accuracy")
+    p.add_argument("--miou", action="store_true",
+                   help="also compute mIoU and pixel accuracy from the panoptic maps; with "
+                        "--cityscapes-gt: cityscapesScripts' mIoU/iIoU (label ids) instead")
     p.add_argument("--ap", action="store_true",
                    help="also compute COCO segm AP of thing segments (predictions need 'score')")
     p.add_argument("--workers", type=int, default=None,
