@@ -84,6 +84,14 @@ def test_merge_errors(scored, tmp_path):
     other = evaluate_files(gt, pred, num_workers=0, progress=False, shard=(1, 2))
     with pytest.raises(PanopticEvaluationError, match="another split"):
         merge_shard_results([s[0], other])
+    g = json.loads(gt.read_text())  # same size, other ground truth (images reordered)
+    g["annotations"].reverse()
+    gt2 = gt.with_name("gt2.json")
+    gt2.write_text(json.dumps(g))
+    foreign = evaluate_files(gt2, pred, gt.with_suffix(""), None, num_workers=0, progress=False,
+                             shard=(1, 3))
+    with pytest.raises(PanopticEvaluationError, match="another split"):
+        merge_shard_results([s[0], foreign, s[2]])
     sem = evaluate_files(gt, pred, num_workers=0, progress=False, shard=(1, 3), semantic=True)
     with pytest.raises(PanopticEvaluationError, match="other metrics"):
         merge_shard_results([s[0], sem, s[2]])

@@ -280,10 +280,20 @@ def evaluate_files(
     out["categories"] = cats
     out["backend"] = "kmax"
     if shard is not None:
-        out["shard"] = {"index": shard[0], "count": shard[1], "num_images_total": num_total,
+        out["shard"] = {"format": SHARD_FORMAT, "index": shard[0], "count": shard[1],
+                        "num_images_total": num_total, "gt_fingerprint": _fingerprint(gt_json),
                         "image_ids": [g.get("image_id") for g, _ in pairs]}
         out["state"] = total.state_dict()
     return out
+
+
+def _fingerprint(gt_json: Mapping) -> str:
+    """SHA-256 of the ordered GT image ids and file names: shards of one split agree."""
+    import hashlib
+    import json
+
+    keys = [[a.get("image_id"), a.get("file_name")] for a in gt_json["annotations"]]
+    return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _evaluate_hotcoco(gt_json, pred_json, gt_dir, pred_dir, cats, pairs) -> dict | None:
@@ -355,7 +365,12 @@ def merge_shard_results(shards: Sequence[Mapping]) -> dict:
     got: dict[int, Mapping] = {}
     for r in shards:
         i = int(r["shard"]["index"])
-        if int(r["shard"]["count"]) != n or r["shard"]["num_images_total"] != first["shard"]["num_images_total"]:
+        if r["shard"].get("format") != SHARD_FORMAT:
+            raise PanopticEvaluationError(
+                f"shard {i}/{r['shard']['count']}: unknown format {r['shard'].get('format')!r} "
+                f"(expected {SHARD_FORMAT})")
+        if int(r["shard"]["count"]) != n or r["shard"]["num_images_total"] != first["shard"]["num_images_total"] \
+                or r["shard"]["gt_fingerprint"] != first["shard"]["gt_fingerprint"]:
             raise PanopticEvaluationError(
                 f"shard {i}/{r['shard']['count']} is from another split than shard "
                 f"{first['shard']['index']}/{n}")
