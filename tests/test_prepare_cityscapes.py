@@ -159,3 +159,29 @@ def test_from_zip_archives_and_errors(official, tmp_path):
     assert not (root / "README").exists()
     with pytest.raises(cs_prepare.PrepareError, match="gtFine"):
         prepare_cityscapes(tmp_path / "nothing_here", progress=False)
+
+
+def test_prepared_split_evaluates_pq_ap_miou_end_to_end(official, tmp_path):
+    """prepare -> kmax evaluate with PQ, official AP and mIoU: GT as prediction scores 100."""
+    from kmax_deeplab.cli import main
+
+    raw, _ = official
+    root = _copy_raw(raw, tmp_path / "cs")
+    prepare_cityscapes(root, progress=False)
+    gt = root / "gtFine" / "cityscapes_panoptic_val_trainId.json"
+    anns = json.loads(gt.read_text())["annotations"]
+    for a in anns:
+        for s in a["segments_info"]:
+            s["score"] = 0.9
+    pred = tmp_path / "pred.json"
+    pred.write_text(json.dumps({"annotations": anns}))
+    out = tmp_path / "r.json"
+    with contextlib.redirect_stdout(io.StringIO()):
+        rc = main(["evaluate", "--dataset", "cityscapes", "--gt-json", str(gt), "--pred-json", str(pred),
+                   "--pred-folder", str(root / "gtFine" / "cityscapes_panoptic_val_trainId"), "--instance",
+                   "--miou", "--cityscapes-gt", str(root / "gtFine" / "val"), "--no-progress",
+                   "--output", str(out)])
+    assert rc == 0
+    r = json.loads(out.read_text())
+    assert r["backend"] == "hotcoco" and r["panoptic"]["All"]["pq"] == 1.0 and r["panoptic"]["All"]["n"] == 7
+    assert r["cityscapes"]["instance"]["ap"] == 1.0 and r["cityscapes"]["semantic"]["miou"] == 1.0
