@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def run(args: argparse.Namespace) -> int:
-    from kmax_deeplab.evaluation import evaluate_files
+    from kmax_deeplab.evaluation import PanopticEvaluationError, evaluate_files
     from kmax_deeplab.evaluation import report
     from kmax_deeplab.evaluation.panoptic_io import categories_by_id
     from kmax_deeplab.fileio import atomic_write_text
