@@ -11,9 +11,11 @@ post-processing settings, which must equal BD's config).
 
 Cases: R50 with the COCO head layout at 129x129 (stride-32 width odd) and 65x97 (even: BD's
 ``align_corners`` rule), R50 with the Cityscapes head layout (stem stage, 256 queries, aux semantic
-head) at 65x129, and ConvNeXt-T COCO at 65x97. These are the plain eval paths, expected
-bit-identical; the tolerance is 1e-5 of the stage's scale (the issue's ceiling is 1e-4) so that
-another CPU's float rounding passes, and argmax maps must be equal.
+head) at 65x129, and ConvNeXt-T COCO at 65x97. The backbones are bit-identical; from the first
+axial block on, our eval fast paths and restructured attention sum in other orders, which gives
+<= 1e-5 relative on this VM (docs/parity.md). The tolerance is 1e-4 of each stage's scale (the
+issue's fp32 ceiling) on values and whole-tensor statistics; argmax maps and the panoptic result
+must be equal.
 """
 
 from __future__ import annotations
