@@ -123,12 +123,13 @@ def test_every_stage_matches_bytedance(case):
         bd_pp["REORDER_CLASS_WEIGHT"], bd_pp["REORDER_MASK_WEIGHT"], bd_pp["OVERLAP_THRESHOLD"])
     meta = get_dataset_meta(cfg.data.dataset)
     assert sorted(meta.thing_train_ids) == info["bd_thing_train_ids"]
-    pan, segments = panoptic_inference(
+    result = panoptic_inference(
         out["pred_logits"][0], out["pred_masks"][0], is_thing=[meta.is_thing(t) for t in range(meta.num_classes)],
         thing_threshold=pp.thing_threshold, stuff_threshold=pp.stuff_threshold,
         overlap_threshold=pp.overlap_threshold, pixel_confidence_threshold=pp.pixel_confidence_threshold,
         class_weight=pp.class_weight, mask_weight=pp.mask_weight, canvas_size=info["canvas"],
         valid_size=info["bd_crop"], output_size=info["original"])
+    pan, segments = result.panoptic, result.segments_info
     assert len(info["segments_info"]) >= 5, "the fixture should exercise the merging"
     assert [(s["id"], s["category_id"], s["isthing"]) for s in segments] == \
         [(s["id"], s["category_id"], s["isthing"]) for s in info["segments_info"]]

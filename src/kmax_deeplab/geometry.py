@@ -8,7 +8,16 @@ it, so nothing above the model hard-codes a canvas or a normalisation.
   resized by the reference's own test-time rule (:func:`inference_size`: bytedance = detectron2's
   ``ResizeShortestEdge`` with ``int(x + 0.5)``, deeplab2 = ``resize_to_range`` with float32
   ``floor``) and padded right/bottom with the mean (127.5 grey, i.e. 0 after the model's
-  ``(x - 127.5) / 127.5``) onto exactly the canvas.
+  ``(x - 127.5) / 127.5``) onto exactly the canvas;
+  training crops are the canvas (large-scale jitter), so batches need no padding.
+* :class:`ResizePad` (K-Net, spec ``knet.md``; mmdet ``Resize(img_scale=(1333, 800),
+  keep_ratio=True)`` + ``Pad(size_divisor=32)`` + ImageNet mean/std): each image is resized
+  to fit short x long, and a batch is padded to its largest image rounded up to a multiple
+  of 32 with the mean (0 after normalisation); variable sizes in training too, the padding
+  void in the targets (``collate_panoptic``).
+
+Each geometry gives the predictor :meth:`preprocess`, and training its ``transforms`` and
+``collate``.
 
 Images stay RGB 0..255 float32: the model normalises with :attr:`pixel_mean` / :attr:`pixel_std`
 itself (DESIGN.md "Data contracts").
@@ -23,8 +32,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["FixedCanvas", "TEST_RESIZE_RULES", "bytedance_inference_size", "deeplab2_inference_size", "fit_size",
-           "inference_resize_limits", "inference_size", "resize_and_pad"]
+__all__ = ["FixedCanvas", "IMAGENET_MEAN", "IMAGENET_STD", "ResizePad", "TEST_RESIZE_RULES",
+           "bytedance_inference_size", "deeplab2_inference_size", "fit_size", "inference_resize_limits",
+           "inference_size", "resize_and_pad"]
+
+#: torchvision / mmdet ImageNet statistics in 0..255 units (RGB).
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
 
 #: Test-time resize rules, one per reference (``data.test_resize``; default: ``model.reference``).
 TEST_RESIZE_RULES = ("bytedance", "deeplab2")
@@ -49,7 +63,7 @@ def bytedance_inference_size(height: int, width: int, min_size: int, max_size: i
 
 
 def deeplab2_inference_size(height: int, width: int, min_size: Sequence[int] | None,
-                       max_size: Sequence[int]) -> tuple[int, int]:
+                            max_size: Sequence[int]) -> tuple[int, int]:
     """deeplab2's ``resize_to_range`` output size at inference (no ``resize_factor``).
 
     First both sides are scaled by ``max(min_h / h, min_w / w)`` (when ``min_size`` is given),
@@ -88,15 +102,15 @@ def inference_resize_limits(rule: str, dataset: str, canvas: Sequence[int]) -> t
 
 
 def inference_size(height: int, width: int, canvas: Sequence[int], *, rule: str = "bytedance",
-              min_size: int = -1, max_size: int = -1, dataset: str = "coco") -> tuple[int, int]:
+                   min_size: int = -1, max_size: int = -1, dataset: str = "coco") -> tuple[int, int]:
     """Size a ``height x width`` image is resized to at test time, by the reference's own rule.
 
     Args:
         height, width: the original image size (pixels).
         canvas: ``(Hc, Wc)``, the model's ``image_size``.
         rule: ``"bytedance"`` (:func:`bytedance_inference_size`) or ``"deeplab2"``
-            (:func:`deeplab2_inference_size`, with ``max_size`` as a square limit, the crop when
-            ``max_size`` is 0).
+            (:func:`deeplab2_inference_size`; an explicit ``max_size`` is a square limit, the
+            default and 0 mean the crop, i.e. the canvas).
         min_size / max_size: the rule's limits; -1 = the reference's own value for ``dataset``
             and ``canvas`` (:func:`inference_resize_limits`).
         dataset: catalog name, for the defaults.
@@ -118,7 +132,8 @@ def inference_size(height: int, width: int, canvas: Sequence[int], *, rule: str 
     if rule == "bytedance":
         size = bytedance_inference_size(height, width, lo, hi)
     else:
-        limit = (hi, hi) if hi > 0 else (hc, wc)
+        # deeplab2's max_resize_value defaults to the crop (both sides) at inference
+        limit = (int(max_size), int(max_size)) if max_size > 0 else (hc, wc)
         size = deeplab2_inference_size(height, width, (lo, lo) if lo > 0 else None, limit)
     if size[0] <= hc and size[1] <= wc:
         return size
@@ -197,7 +212,7 @@ class FixedCanvas:
     def test_size(self, height: int, width: int) -> tuple[int, int]:
         """``(Hv, Wv)`` an ``height x width`` image is resized to (:func:`inference_size`)."""
         return inference_size(height, width, self.canvas, rule=self.resize_rule, min_size=self.min_size,
-                         max_size=self.max_size, dataset=self.dataset)
+                              max_size=self.max_size, dataset=self.dataset)
 
     def batch_size(self, valid_sizes: Sequence[tuple[int, int]]) -> tuple[int, int]:
         """Spatial size of the batch holding images of ``valid_sizes``: always the canvas."""
@@ -211,3 +226,70 @@ class FixedCanvas:
         valid = [self.test_size(img.shape[0], img.shape[1]) for img in images]
         pad = self.pixel_mean[0] if len(set(self.pixel_mean)) == 1 else self.pixel_mean
         return resize_and_pad(images, valid, self.batch_size(valid), pad), valid
+
+    def transforms(self, data_cfg, is_train: bool):
+        """Training: large-scale jitter crops of ``data.crop_size``; test: resize + pad (data/transforms)."""
+        from kmax_deeplab.data.transforms import build_transforms
+
+        return build_transforms(data_cfg, is_train=is_train)
+
+    def collate(self, num_classes: int):
+        """The batch collate: every sample already has the canvas size, so a plain stack."""
+        from kmax_deeplab.data.loader import collate_panoptic
+
+        return collate_panoptic
+
+
+@dataclass(frozen=True)
+class ResizePad:
+    """Resize to fit ``short x long`` (aspect kept), pad the batch to a multiple of ``size_divisor``.
+
+    Attributes:
+        short / long: test-time target (K-Net: 800 / 1333), :func:`~kmax_deeplab.data.transforms.short_long_size`.
+        size_divisor: batch sides are multiples of this (32).
+        train_short: training short side drawn uniformly from this range (K-Net (640, 800)),
+            with horizontal flips when ``data.flip``.
+        pixel_mean / pixel_std: ImageNet statistics, RGB 0..255 units; padding uses the mean.
+        mask_stride: output stride of the predicted masks (4).
+    """
+
+    short: int = 800
+    long: int = 1333
+    size_divisor: int = 32
+    train_short: tuple[int, int] = (640, 800)
+    pixel_mean: tuple[float, float, float] = IMAGENET_MEAN
+    pixel_std: tuple[float, float, float] = IMAGENET_STD
+    mask_stride: int = 4
+
+    def test_size(self, height: int, width: int) -> tuple[int, int]:
+        """``(Hv, Wv)`` of an ``height x width`` image at test time."""
+        from kmax_deeplab.data.transforms import short_long_size
+
+        return short_long_size(height, width, self.short, self.long)
+
+    def batch_size(self, valid_sizes: Sequence[tuple[int, int]]) -> tuple[int, int]:
+        """The largest of ``valid_sizes``, each side rounded up to a multiple of ``size_divisor``."""
+        d = int(self.size_divisor)
+        return (-(-max(h for h, _ in valid_sizes) // d) * d, -(-max(w for _, w in valid_sizes) // d) * d)
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """RGB uint8 images -> ``([B, 3, Hb, Wb]`` float32 0..255 padded with the mean, valid sizes)."""
+        valid = [self.test_size(img.shape[0], img.shape[1]) for img in images]
+        return resize_and_pad(images, valid, self.batch_size(valid), self.pixel_mean), valid
+
+    def transforms(self, data_cfg, is_train: bool):
+        """Training: random short side in ``train_short`` (+ flip); test: ``short x long``; no padding."""
+        from kmax_deeplab.data.transforms import ResizeShortLong
+
+        if is_train:
+            return ResizeShortLong(self.train_short, self.long, flip=bool(getattr(data_cfg, "flip", True)))
+        return ResizeShortLong(self.short, self.long)
+
+    def collate(self, num_classes: int):
+        """``collate_panoptic`` padding to a multiple of ``size_divisor``, padding void (semantic C)."""
+        from functools import partial
+
+        from kmax_deeplab.data.loader import collate_panoptic
+
+        return partial(collate_panoptic, size_divisor=self.size_divisor, pad_value=self.pixel_mean,
+                       ignore_label=int(num_classes))
