@@ -115,3 +115,18 @@ def test_preprocess_feeds_the_rule_size():
     assert valid == [(481, 641)] and tuple(batch.shape) == (1, 3, 641, 641)
     assert float(batch[0, :, 481:].min()) == 127.5 and float(batch[0, :, :481].max()) == 0.0
     assert preprocess([img], (641, 641))[1] == [(481, 641)]
+
+
+def test_evaluation_transform_uses_the_same_rule():
+    # The validation/evaluation dataset resizes like the predictor (cfg.data.test_resize).
+    cfg = get_preset("coco/kmax_r50")
+    cfg.model.image_size = cfg.data.crop_size = (641, 641)
+    ids = np.ones((480, 640), np.int64)
+    rec = {"image": np.zeros((480, 640, 3), np.uint8), "panoptic": ids,
+           "segments": [{"id": 1, "category_id": 1, "train_id": 0, "iscrowd": 0}]}
+    out = input_geometry(cfg).transforms(cfg.data, is_train=False)(rec)
+    assert out["valid_size"] == (481, 641) and out["panoptic"].shape == (641, 641)
+    cfg.model.reference = "deeplab2"
+    assert input_geometry(cfg).transforms(cfg.data, is_train=False)(rec)["valid_size"] == (481, 641)
+    rec500 = dict(rec, image=np.zeros((500, 1000, 3), np.uint8), panoptic=np.ones((500, 1000), np.int64))
+    assert input_geometry(cfg).transforms(cfg.data, is_train=False)(rec500)["valid_size"] == (320, 641)

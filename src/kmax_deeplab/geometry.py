@@ -228,9 +228,12 @@ class FixedCanvas:
         return resize_and_pad(images, valid, self.batch_size(valid), pad), valid
 
     def transforms(self, data_cfg, is_train: bool):
-        """Training: large-scale jitter crops of ``data.crop_size``; test: resize + pad (data/transforms)."""
-        from kmax_deeplab.data.transforms import build_transforms
+        """Training: large-scale jitter crops of ``data.crop_size``; test: resize by :meth:`test_size`
+        (the reference's rule, as the predictor) + pad (data/transforms)."""
+        from kmax_deeplab.data.transforms import ResizeLongestAndPad, build_transforms
 
+        if not is_train:
+            return ResizeLongestAndPad(self.canvas, pad_value=self.pixel_mean[0], size_fn=self.test_size)
         return build_transforms(data_cfg, is_train=is_train)
 
     def collate(self, num_classes: int):
