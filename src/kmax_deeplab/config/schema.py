@@ -65,6 +65,12 @@ class DataConfig:
     copy_paste: bool = True  # BD panoptic copy-paste, second image at 0.5x scale (data/copy_paste.py)
     on_bad_sample: str = "raise"  # or "skip"
     num_workers: int = 4
+    # Test-time resize (kmax_deeplab.geometry.inference_size): the rule of "bytedance"
+    # (detectron2 ResizeShortestEdge, int(x + 0.5)) or "deeplab2" (resize_to_range, float32 floor);
+    # "reference" = model.reference's. Limits -1 = that reference's own values for the dataset.
+    test_resize: str = "reference"
+    test_min_size: int = -1
+    test_max_size: int = -1
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 Model-family agnostic: the config's family (:data:`kmax_deeplab.modeling.families.FAMILIES`)
 builds the model, declares the input geometry (kMaX, spec ``kmax_deeplab.md`` §1 test time:
-the longer side resized to the canvas ``cfg.model.image_size``, padded right/bottom with 127.5,
+resized by the reference's own rule, ``data.test_resize`` / ``model.reference``, to fit the canvas
+``cfg.model.image_size`` (:func:`kmax_deeplab.geometry.inference_size`), padded right/bottom with 127.5,
 i.e. 0 after the model's ``x/127.5 - 1``; :mod:`kmax_deeplab.geometry`) and post-processes each
 image (kMaX: the mask logits upsampled to the canvas, cropped to the image and resized back,
 then mask-wise merging, §3).
@@ -120,8 +121,10 @@ class Predictor:
         compile: wrap the model in ``torch.compile``.
         batch_size: images per forward pass when a list is given.
         channels_last: run the model and its input in ``torch.channels_last`` memory format
-            (same results; ~20% faster at 1281² on CPU, see ``docs/benchmarks.md``, and the
-            layout tensor cores prefer).
+            (the same network, but other conv kernels: results differ by float rounding,
+            ~1e-6 relative per layer, which the k-means argmax can amplify into changed pixels,
+            see ``docs/parity.md``; ~20% faster at 1281² on CPU, see ``docs/benchmarks.md``, and
+            the layout tensor cores prefer).
     """
 
     def __init__(self, model: nn.Module, cfg: Any, *, meta: Any = None,
