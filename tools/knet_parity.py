@@ -147,6 +147,7 @@ def main() -> int:
             for k in ("inst_labels", "inst_scores", "inst_masks"):
                 golden[k] = ref[k]
         golden["loss_names"], golden["loss_values"] = ref["loss_names"], ref["loss_values"]
+        golden["assigned_gt_inds"] = ref["assigned_gt_inds"].astype(np.int16)
         meta[f"{task}_max_rel_error"] = errors
         np.savez_compressed(out_dir / f"{task}.npz", **golden)
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
