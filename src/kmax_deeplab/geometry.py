@@ -8,6 +8,11 @@ it, so nothing above the model hard-codes a canvas or a normalisation.
   side is resized to the canvas and the image is padded right/bottom with the mean
   (127.5 grey, i.e. 0 after the model's ``(x - 127.5) / 127.5``) onto exactly the canvas.
 
+* :class:`KeepRatioPad` (K-Net, knet.md §1 and §8 test time; mmdet ``Resize(keep_ratio=True)``
+  then ``Pad(size_divisor=32)``): the image is scaled to fit ``(long, short)`` = (1333, 800)
+  keeping its aspect ratio and the batch is padded right/bottom to a multiple of 32 with the
+  ImageNet mean (0 after the model's normalisation, as mmdet pads the normalised image with 0).
+
 Images stay RGB 0..255 float32: the model normalises with :attr:`pixel_mean` / :attr:`pixel_std`
 itself (DESIGN.md "Data contracts").
 """
@@ -21,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["FixedCanvas", "fit_size", "resize_and_pad"]
+__all__ = ["FixedCanvas", "KeepRatioPad", "fit_size", "keep_ratio_size", "resize_and_pad"]
 
 
 def fit_size(height: int, width: int, canvas: Sequence[int]) -> tuple[int, int]:
@@ -98,3 +103,51 @@ class FixedCanvas:
         valid = [self.test_size(img.shape[0], img.shape[1]) for img in images]
         pad = self.pixel_mean[0] if len(set(self.pixel_mean)) == 1 else self.pixel_mean
         return resize_and_pad(images, valid, self.batch_size(valid), pad), valid
+
+
+def keep_ratio_size(height: int, width: int, scale: Sequence[int]) -> tuple[int, int]:
+    """mmcv ``rescale_size(keep_ratio=True)``: fit ``height x width`` into ``scale = (long, short)``.
+
+    ``s = min(long / max(H, W), short / min(H, W))``; each side becomes ``int(side * s + 0.5)``
+    (mmdet 2.x; a 480x640 photo -> 800x1067 at (1333, 800)).
+    """
+    long_edge, short_edge = max(scale), min(scale)
+    s = min(long_edge / max(height, width), short_edge / min(height, width))
+    return int(height * s + 0.5), int(width * s + 0.5)
+
+
+@dataclass(frozen=True)
+class KeepRatioPad:
+    """Resize keeping the aspect ratio, pad the batch to a multiple of ``size_divisor`` (K-Net).
+
+    Attributes:
+        scale: ``(long, short)`` bound of the resized image (1333, 800).
+        size_divisor: the batch is padded to a multiple of this (32).
+        pixel_mean / pixel_std: ImageNet RGB statistics on 0..255; padding uses ``pixel_mean``.
+        mask_stride: output stride of the predicted masks (4).
+    """
+
+    scale: tuple[int, int] = (1333, 800)
+    size_divisor: int = 32
+    pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
+    pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+    mask_stride: int = 4
+
+    def test_size(self, height: int, width: int) -> tuple[int, int]:
+        """``(Hv, Wv)`` an ``height x width`` image is resized to (:func:`keep_ratio_size`)."""
+        return keep_ratio_size(height, width, self.scale)
+
+    def batch_size(self, valid_sizes: Sequence[tuple[int, int]]) -> tuple[int, int]:
+        """The largest valid size rounded up to ``size_divisor`` on each side."""
+        d = self.size_divisor
+        h = max(int(v[0]) for v in valid_sizes)
+        w = max(int(v[1]) for v in valid_sizes)
+        return -(-h // d) * d, -(-w // d) * d
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """RGB uint8 images of any sizes -> ``([B, 3, Hb, Wb]`` float32 0..255, valid sizes).
+
+        Resizing is PIL bilinear (mmdet uses cv2 bilinear: sub-grey-level differences).
+        """
+        valid = [self.test_size(img.shape[0], img.shape[1]) for img in images]
+        return resize_and_pad(images, valid, self.batch_size(valid), self.pixel_mean), valid

@@ -131,9 +131,29 @@ def mmdet_to_ours(state: Mapping[str, np.ndarray | torch.Tensor], target: torch.
         CheckpointMismatchError: leftovers on either side, or shape mismatches (a
             133-class panoptic head into an 80-class instance model names both shapes).
     """
-    converted, origin, unmatched = apply_rows(to_numpy(state), MMDET_TO_OURS)
+    state = to_numpy(state)
+    _check_family_and_task(state, target_shapes(target), source)
+    converted, origin, unmatched = apply_rows(state, MMDET_TO_OURS)
     return check_against_target(converted, target_shapes(target), source=source, unmatched=unmatched,
                                 origin=origin, strict=strict)
+
+
+def _check_family_and_task(state: Mapping[str, np.ndarray], target: Mapping[str, tuple], source: str) -> None:
+    """One-line refusal of another family's checkpoint or of the other K-Net task / class count."""
+    seg = state.get("rpn_head.conv_seg.weight")
+    if seg is None or "roi_head.mask_head.0.fc_cls.weight" not in state:
+        sample = ", ".join(sorted(state)[:3])
+        raise CheckpointMismatchError(f"{source} is not an mmdet K-Net checkpoint (no rpn_head.conv_seg / "
+                                      f"roi_head.mask_head.0.fc_cls; found keys like {sample})")
+    ours = target.get("kernel_head.conv_seg.weight")
+    if ours is not None and tuple(seg.shape)[0] != tuple(ours)[0]:
+        def kind(c: int) -> str:
+            return "panoptic" if c == 133 else "instance" if c == 80 else "custom"
+        found, expected = int(seg.shape[0]), int(ours[0])
+        article = "an" if kind(expected) == "instance" else "a"
+        raise CheckpointMismatchError(f"{source} holds a {kind(found)} K-Net with {found} classes, but the model "
+                                      f"is {article} {kind(expected)} K-Net with {expected} classes; use the matching "
+                                      f"config (panoptic 133 / instance 80)")
 
 
 def ours_to_mmdet(state: Mapping[str, np.ndarray | torch.Tensor]) -> dict[str, np.ndarray]:

@@ -1,0 +1,126 @@
+"""K-Net through the shared parts: family row, presets, geometry, predictor, ``kmax convert
+--from mmdet`` and the shared trainer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kmax_deeplab.config import get_preset, list_presets
+from kmax_deeplab.geometry import KeepRatioPad, keep_ratio_size
+from kmax_deeplab.modeling.families import FAMILIES, family_of
+
+PHOTOS = Path(__file__).resolve().parents[1] / "src/kmax_deeplab/assets/coco_sample"
+
+
+def test_presets_and_family_row():
+    names = set(list_presets())
+    for n in ("coco/knet_r50_fpn_1x", "coco/knet_r50_fpn_ms3x", "coco/knet_r101_fpn_ms3x",
+              "coco/knet_r50_fpn_1x_instance", "synthetic/knet_tiny", "synthetic/knet_tiny_instance"):
+        assert n in names, n
+    cfg = get_preset("coco/knet_r50_fpn_1x")
+    assert family_of(cfg) is FAMILIES["knet"]
+    s = cfg.solver
+    assert (s.base_lr, s.weight_decay, s.backbone_lr_multiplier, s.clip_grad_norm, s.warmup_iters) == (
+        1e-4, 0.05, 0.25, 1.0, 1000)
+    assert s.lr_schedule == "warmup_step" and s.lr_steps == (8 * 7393, 11 * 7393) and s.batch_size == 16
+    inst = get_preset("coco/knet_r50_fpn_1x_instance")
+    assert (inst.model.task, inst.model.num_classes) == ("instance", 80)
+    bad = get_preset("synthetic/knet_tiny_instance")
+    bad.model.num_classes = 7
+    with pytest.raises(ValueError, match="model.num_classes"):
+        family_of(bad).check_config(bad)
+
+
+def test_keep_ratio_geometry():
+    """mmdet Resize((1333, 800), keep_ratio) + Pad(32): 480x640 -> 800x1067 in 800x1088 (knet.md §13)."""
+    g = family_of(get_preset("coco/knet_r50_fpn_1x")).input_geometry(get_preset("coco/knet_r50_fpn_1x"))
+    assert isinstance(g, KeepRatioPad)
+    assert g.test_size(480, 640) == (800, 1067)
+    assert keep_ratio_size(427, 640, (1333, 800)) == (800, 1199)
+    assert keep_ratio_size(300, 1200, (1333, 800)) == (333, 1333)  # long side binds
+    assert g.batch_size([(800, 1067), (800, 1199)]) == (800, 1216)
+    batch, valid = g.preprocess([np.zeros((48, 64, 3), np.uint8)])
+    assert valid == [(800, 1067)] and batch.shape == (1, 3, 800, 1088)
+    torch.testing.assert_close(batch[0, :, 0, 1080], torch.tensor(g.pixel_mean))  # padded with the mean
+
+
+def test_optimizer_groups():
+    cfg = get_preset("synthetic/knet_tiny")
+    fam = family_of(cfg)
+    model = fam.build_model(cfg)
+    opt = fam.build_optimizer(model, cfg)
+    by_mult = {g["lr_multiplier"]: g for g in opt.param_groups}
+    assert set(by_mult) == {1.0}  # tiny preset: backbone x1.0
+    cfg.solver.backbone_lr_multiplier = 0.25
+    groups = fam.build_optimizer(model, cfg).param_groups
+    for g in groups:
+        assert g["weight_decay"] == 0.05  # norms are not exempt in the original
+        assert all(n.startswith("backbone.") == (g["lr_multiplier"] == 0.25) for n in g["names"])
+
+
+@pytest.mark.slow
+def test_predictor_on_real_photos_writes_valid_panoptic():
+    """Untrained tiny K-Net through the shared Predictor: a valid COCO-panoptic result at the photo's size."""
+    from kmax_deeplab.engine.predictor import Predictor
+
+    cfg = get_preset("synthetic/knet_tiny")
+    torch.manual_seed(0)
+    pred = Predictor(family_of(cfg).build_model(cfg).eval(), cfg)
+    photo = PHOTOS / "000000142238.jpg"
+    out = pred(photo)
+    assert out["panoptic"].shape == (427, 640)
+    ids = set(np.unique(out["panoptic"]).tolist()) - {0}
+    assert ids == {s["id"] for s in out["segments_info"]}
+    for s in out["segments_info"]:
+        assert s["area"] == int((out["panoptic"] == s["id"]).sum())
+
+
+@pytest.mark.slow
+def test_convert_cli_from_mmdet_and_wrong_task(tmp_path, capsys):
+    from kmax_deeplab.checkpoints.mmdet import save_mmdet
+    from kmax_deeplab.checkpoints.native import load_native
+    from kmax_deeplab.cli import main
+
+    cfg = get_preset("synthetic/knet_tiny")
+    torch.manual_seed(0)
+    model = family_of(cfg).build_model(cfg)
+    pth = save_mmdet(model.state_dict(), tmp_path / "knet.pth", meta={"note": "test"})
+    assert main(["convert", "--from", "mmdet", str(pth), str(tmp_path / "out"), "--config",
+                 "synthetic/knet_tiny"]) == 0
+    back = load_native(tmp_path / "out")[1]
+    assert all(torch.equal(back[k], v) for k, v in model.state_dict().items())
+    assert main(["convert", "--from", "mmdet", str(pth), str(tmp_path / "out2"), "--config",
+                 "synthetic/knet_tiny_instance"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "7 classes" in err[0] and "4 classes" in err[0], err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["panoptic", "instance"])
+def test_tiny_knet_learns_through_shared_trainer(tmp_path, task):
+    from kmax_deeplab.data.synthetic import write_synthetic_dataset
+    from kmax_deeplab.engine.build import build_training, seed_everything
+    from kmax_deeplab.engine.logging import read_metrics
+    from kmax_deeplab.engine.trainer import Trainer
+
+    write_synthetic_dataset(tmp_path / "data", 16, 1, image_size=128, seed=0)
+    cfg = get_preset("synthetic/knet_tiny" + ("" if task == "panoptic" else "_instance"))
+    cfg.data.root = str(tmp_path / "data")
+    cfg.solver.max_iters, cfg.solver.batch_size, cfg.solver.warmup_iters = 24, 2, 2
+    cfg.solver.log_period, cfg.solver.checkpoint_period = 1, 0
+    seed_everything(0)
+    parts = build_training(cfg, with_eval=False)
+    trainer = Trainer(cfg.solver, parts.model, parts.criterion, parts.train_dataset, parts.collate_fn,
+                      output_dir=tmp_path / "run", prepare_batch=parts.prepare_batch, progress=False,
+                      optimizer_factory=parts.optimizer_factory, scheduler_factory=parts.scheduler_factory)
+    out = trainer.train()
+    assert out["iteration"] == 24 and out["skipped_steps"] == 0
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    totals = [r["loss/total"] for r in rows]
+    assert "loss/s1_loss_cls" in rows[0] and ("loss/loss_rpn_rank" in rows[0]) == (task == "panoptic")
+    first, last = sum(totals[:6]) / 6, sum(totals[-6:]) / 6
+    assert last < 0.85 * first, (first, last)
