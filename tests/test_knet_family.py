@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from kmax_deeplab.config import get_preset, list_presets
-from kmax_deeplab.geometry import KeepRatioPad, keep_ratio_size
+from kmax_deeplab.data.transforms import short_long_size
+from kmax_deeplab.geometry import ResizePad
 from kmax_deeplab.modeling.families import FAMILIES, family_of
 
 PHOTOS = Path(__file__).resolve().parents[1] / "src/kmax_deeplab/assets/coco_sample"
@@ -38,10 +39,12 @@ def test_presets_and_family_row():
 def test_keep_ratio_geometry():
     """mmdet Resize((1333, 800), keep_ratio) + Pad(32): 480x640 -> 800x1067 in 800x1088 (knet.md §13)."""
     g = family_of(get_preset("coco/knet_r50_fpn_1x")).input_geometry(get_preset("coco/knet_r50_fpn_1x"))
-    assert isinstance(g, KeepRatioPad)
+    assert isinstance(g, ResizePad) and (g.short, g.long, g.train_short) == (800, 1333, (800, 800))
     assert g.test_size(480, 640) == (800, 1067)
-    assert keep_ratio_size(427, 640, (1333, 800)) == (800, 1199)
-    assert keep_ratio_size(300, 1200, (1333, 800)) == (333, 1333)  # long side binds
+    assert short_long_size(427, 640, 800, 1333) == (800, 1199)
+    assert short_long_size(300, 1200, 800, 1333) == (333, 1333)  # long side binds
+    ms = get_preset("coco/knet_r50_fpn_ms3x")
+    assert family_of(ms).input_geometry(ms).train_short == (640, 800)
     assert g.batch_size([(800, 1067), (800, 1199)]) == (800, 1216)
     batch, valid = g.preprocess([np.zeros((48, 64, 3), np.uint8)])
     assert valid == [(800, 1067)] and batch.shape == (1, 3, 800, 1088)

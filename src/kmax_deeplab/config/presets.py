@@ -129,8 +129,8 @@ def _knet(backbone: str, schedule: str, task: str) -> Config:
     from 0.001x, step decay x0.1 (1x: 12 epochs, steps at 8 and 11; ms-3x: 36 epochs, steps
     at 27 and 33), batch 16.
 
-    The ms-3x short-side jitter 640-800 of the original is approximated by the shared scale
-    jitter (``min_scale``/``max_scale`` around ``crop_size``); see docs/knet.md.
+    Training sizes come from the family's geometry (``model.train_short``, long side <= 1333,
+    flips); ``data.crop_size`` and the scale jitter are kMaX's and unused here.
     """
     from kmax_deeplab.modeling.knet.config import KNetLossConfig, KNetModelConfig, KNetPostProcessConfig
 
@@ -140,7 +140,8 @@ def _knet(backbone: str, schedule: str, task: str) -> Config:
     return Config(
         name=f"coco/knet_{short}_fpn_{schedule}" + ("" if panoptic else "_instance"),
         model=KNetModelConfig(backbone=backbone, task=task, num_classes=133 if panoptic else 80,
-                              num_queries=100, image_size=(800, 1333)),
+                              num_queries=100, image_size=(800, 1333),
+                              train_short=(800, 800) if schedule == "1x" else (640, 800)),
         data=DataConfig(dataset="coco", crop_size=(800, 1333),
                         min_scale=1.0 if schedule == "1x" else 0.8, max_scale=1.0,
                         color_jitter=False, copy_paste=False),
@@ -163,6 +164,7 @@ def _knet_tiny(task: str = "panoptic") -> Config:
         name="synthetic/knet_tiny" + ("" if panoptic else "_instance"),
         model=KNetModelConfig(backbone="resnet_tiny", task=task, num_classes=7 if panoptic else 4,
                               num_thing_classes=4, num_queries=8, image_size=(128, 128), num_stages=2,
+                              train_short=(96, 128),
                               hidden_dim=32, num_heads=4, ffn_dim=64, num_groups=4, frozen_stages=-1,
                               norm_eval=False),
         data=DataConfig(dataset="synthetic", root="", train_image_dir="train/images",

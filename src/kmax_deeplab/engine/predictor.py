@@ -168,21 +168,30 @@ class Predictor:
         return cls(model, cfg, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, **kwargs) -> "Predictor":
-        """Load a native checkpoint folder (its ``config.yaml`` builds the model)."""
+    def from_pretrained(cls, folder: str | Path, *, overrides: Sequence[str] = (), **kwargs) -> "Predictor":
+        """Load a native checkpoint folder (its ``config.yaml``, with ``key=value`` overrides,
+        builds the model).
+
+        Raises:
+            ValueError: an override names an unknown key, or the weights do not fit.
+        """
         from kmax_deeplab.checkpoints.native import load_native
+        from kmax_deeplab.config import apply_overrides
 
         cfg, state = load_native(folder)
+        if overrides:
+            cfg = apply_overrides(cfg, overrides)
         model = family_of(cfg).build_model(cfg)
         load_state_strict(model, state, str(folder))
         return cls(model, cfg, **kwargs)
 
     @classmethod
-    def from_zoo(cls, name: str, **kwargs) -> "Predictor":
-        """Fetch (or reuse the cached) model-zoo checkpoint ``name`` and load it."""
+    def from_zoo(cls, name: str, *, overrides: Sequence[str] = (), **kwargs) -> "Predictor":
+        """Fetch (or reuse the cached) model-zoo checkpoint ``name`` and load it (see
+        :meth:`from_pretrained` for ``overrides``)."""
         from kmax_deeplab.checkpoints.zoo import get_zoo_checkpoint
 
-        return cls.from_pretrained(get_zoo_checkpoint(name), **kwargs)
+        return cls.from_pretrained(get_zoo_checkpoint(name), overrides=overrides, **kwargs)
 
     # ------------------------------------------------------------------ inference
     def forward_batch(self, images: Sequence[np.ndarray]) -> dict:
@@ -208,8 +217,9 @@ class Predictor:
 
         Returns:
             One dict per image: ``panoptic`` ``[H, W]`` int32 numpy (0 = void),
-            ``segments_info`` (``id``, ``category_id``, ``isthing``, ``score``, ``area``) and,
-            with ``semantic=True``, ``semantic`` ``[H, W]`` int64 train ids.
+            ``segments_info`` (``id``, ``category_id``, ``isthing``, ``score``, ``area``),
+            with ``semantic=True`` ``semantic`` ``[H, W]`` int64 train ids, and ``instances``
+            when the family's post-processing returns them.
         """
         raw = self.forward_batch(images)
         keys = [k for k in self.family.inference_keys if k in raw]
@@ -224,6 +234,8 @@ class Predictor:
                 result = {"panoptic": out["panoptic"].cpu().numpy(), "segments_info": out["segments_info"]}
                 if semantic:
                     result["semantic"] = out["semantic"].cpu().numpy()
+                if out.get("instances") is not None:
+                    result["instances"] = out["instances"]
                 results.append(result)
         return results
 

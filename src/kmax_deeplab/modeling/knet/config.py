@@ -29,6 +29,8 @@ class KNetModelConfig(ModelConfig):
         hidden_dim / num_heads / ffn_dim: kernel width, attention heads, FFN width (256/8/2048).
         num_groups: GroupNorm groups of the localisation FPN and kernel head (32).
         frozen_stages / norm_eval: mmdet backbone freezing (1: stem + res2; BN statistics frozen).
+        train_short: training short side drawn uniformly from this range, long side at most
+            ``image_size[1]`` (1x: (800, 800); ms-3x: (640, 800)).
     """
 
     meta_architecture: str = "knet"
@@ -43,6 +45,7 @@ class KNetModelConfig(ModelConfig):
     num_groups: int = 32
     frozen_stages: int = 1
     norm_eval: bool = True
+    train_short: tuple[int, int] = (800, 800)
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 Model :func:`~kmax_deeplab.modeling.knet.model.build_knet`; criterion
 :class:`~kmax_deeplab.losses.knet.KNetCriterion`; post-processing of knet.md §7; geometry
-:class:`~kmax_deeplab.geometry.KeepRatioPad` (1333x800 keeping the ratio, pad to 32, ImageNet
+:class:`~kmax_deeplab.geometry.ResizePad` (1333x800 keeping the ratio, pad to 32, ImageNet
 mean/std); AdamW with the backbone at ``solver.backbone_lr_multiplier`` (0.25) and weight decay
 on every parameter (the original exempts nothing); warmup + step decay; importers ``mmdet``
 (the released ``.pth``) and ``imagenet`` (torchvision ResNet). Heavy modules load lazily.
@@ -44,7 +44,8 @@ def postprocess(output: Mapping[str, Any], *, cfg: Any, is_thing: Sequence[bool]
     """K-Net inference of one image (knet.md §7).
 
     Panoptic models: :func:`~kmax_deeplab.modeling.knet.postprocess.knet_panoptic_inference`.
-    Instance models: ``instances`` (COCO results with RLE masks, best first) from
+    Instance models: ``instances`` (``mask`` bool ``[Ho, Wo]``, ``category_id``, ``score`` and the
+    COCO RLE ``segmentation``, best first) from
     :func:`~kmax_deeplab.modeling.knet.postprocess.knet_instance_inference`, and an all-void
     ``panoptic`` map with no segments (an instance model makes no panoptic claim).
 
@@ -78,11 +79,12 @@ def postprocess(output: Mapping[str, Any], *, cfg: Any, is_thing: Sequence[bool]
 
 
 def input_geometry(cfg: Any):
-    """:class:`~kmax_deeplab.geometry.KeepRatioPad` at ``cfg.model.image_size`` = (short, long)."""
-    from kmax_deeplab.geometry import KeepRatioPad
+    """:class:`~kmax_deeplab.geometry.ResizePad` at ``cfg.model.image_size`` = (short, long), ImageNet
+    mean/std, pad to 32; training short side from ``cfg.model.train_short``."""
+    from kmax_deeplab.geometry import ResizePad
 
     short, long_ = (int(s) for s in cfg.model.image_size)
-    return KeepRatioPad(scale=(long_, short))
+    return ResizePad(short=short, long=long_, train_short=tuple(int(s) for s in cfg.model.train_short))
 
 
 def check_config(cfg: Any) -> None:
@@ -146,6 +148,8 @@ KNET = dict(
     importers={"mmdet": import_mmdet, "imagenet": import_imagenet},
     check_config=check_config,
     inference_keys=("pred_logits", "pred_masks"),
+    class_activation="sigmoid",
+    mask_activation="sigmoid",
     mask_stride=4,
     full_resolution_targets=True,
 )

@@ -136,8 +136,9 @@ def knet_instance_inference(pred_logits: Tensor, pred_masks: Tensor, *, canvas_s
         train_id_to_category_id: length C; dataset category id of each class (default identity).
 
     Returns:
-        ``[{"category_id", "score", "segmentation"}]``, best first; ``segmentation`` is a
-        COCO RLE (``pycocotools.mask.encode``, ``counts`` decoded to ``str``).
+        ``[{"mask", "category_id", "score", "segmentation"}]``, best first; ``mask`` is a
+        ``[Ho, Wo]`` bool tensor, ``segmentation`` its COCO RLE (``pycocotools.mask.encode``,
+        ``counts`` decoded to ``str``).
     """
     from pycocotools import mask as mask_utils
 
@@ -149,11 +150,12 @@ def knet_instance_inference(pred_logits: Tensor, pred_masks: Tensor, *, canvas_s
     labels = index % num_classes
     probs = knet_mask_probabilities(pred_masks[kernels], canvas_size=canvas_size, valid_size=valid_size,
                                     output_size=output_size)
-    binary = (probs > mask_threshold).cpu().numpy()
+    binary = probs > mask_threshold
+    masks_np = binary.cpu().numpy()
     results = []
     for i in range(len(kernels)):
-        rle = mask_utils.encode(np.asfortranarray(binary[i].astype(np.uint8)))
+        rle = mask_utils.encode(np.asfortranarray(masks_np[i].astype(np.uint8)))
         rle["counts"] = rle["counts"].decode("ascii")
-        results.append({"category_id": int(train_id_to_category_id[int(labels[i])]), "score": float(scores[i]),
-                        "segmentation": rle})
+        results.append({"mask": binary[i], "category_id": int(train_id_to_category_id[int(labels[i])]),
+                        "score": float(scores[i]), "segmentation": rle})
     return results
