@@ -127,3 +127,32 @@ def test_tiny_knet_learns_through_shared_trainer(tmp_path, task):
     assert "loss/s1_loss_cls" in rows[0] and ("loss/loss_rpn_rank" in rows[0]) == (task == "panoptic")
     first, last = sum(totals[:6]) / 6, sum(totals[-6:]) / 6
     assert last < 0.85 * first, (first, last)
+
+
+@pytest.mark.slow
+def test_predict_cli_instance_task_writes_coco_results(tmp_path, capsys):
+    """``kmax predict --task instance`` on the bundled photos: COCO instance results that
+    pycocotools loads; a panoptic model is refused in one line."""
+    import json
+
+    from pycocotools.coco import COCO
+
+    from kmax_deeplab.cli import main
+
+    photos = sorted(PHOTOS.glob("*.jpg"))
+    rc = main(["predict", *map(str, photos), "-o", str(tmp_path / "inst"), "--config",
+               "synthetic/knet_tiny_instance", "--task", "instance", "--quiet"])
+    assert rc == 0
+    results = json.loads((tmp_path / "inst" / "instances_results.json").read_text())
+    assert len(results) == 2 * 32  # min(100, 8 kernels x 4 classes) pairs per photo
+    gt = COCO()
+    gt.dataset = {"images": [{"id": int(p.stem), "height": 10, "width": 10} for p in photos],
+                  "categories": [{"id": i, "name": str(i)} for i in range(1, 5)], "annotations": []}
+    gt.createIndex()
+    dt = gt.loadRes(results)  # validates image ids, categories and RLE
+    assert len(dt.getAnnIds()) == 64 and {a["category_id"] for a in results} <= {1, 2, 3, 4}
+    capsys.readouterr()
+    assert main(["predict", str(photos[0]), "-o", str(tmp_path / "pan"), "--config", "synthetic/knet_tiny",
+                 "--task", "instance", "--quiet"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("kmax predict")]
+    assert len(err) == 1 and "needs an instance model" in err[0]

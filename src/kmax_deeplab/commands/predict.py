@@ -61,21 +61,30 @@ def _build_predictor(args: argparse.Namespace):
         return Predictor.from_config(cfg, args.weights, **kwargs)
 
 
+def coco_image_id(path: Path):
+    """COCO image id of a file: ``int(stem)`` for numeric stems (``000000142238.jpg`` -> 142238), else the stem."""
+    return int(path.stem) if path.stem.isdigit() else path.stem
+
+
 def predict_files(predictor, files: Sequence[Path], output: str | Path, *, overlay: bool = True,
-                  progress: bool = True) -> tuple[int, list[str]]:
-    """Predict ``files`` and write ``<stem>.png``, ``<stem>_overlay.jpg`` and ``predictions.json``.
+                  progress: bool = True, task: str = "panoptic") -> tuple[int, list[str]]:
+    """Predict ``files`` and write ``<stem>.png``, ``<stem>_overlay.jpg`` and ``predictions.json``;
+    with ``task="instance"`` write ``instances_results.json`` (COCO instance results: ``image_id``,
+    ``category_id``, ``score``, RLE ``segmentation``) instead.
 
     An unreadable file is reported on stderr (naming it) and skipped.
 
     Returns:
         ``(number written, list of error messages)``.
     """
+    instances: list[dict] | None = [] if task == "instance" else None
     from tqdm import tqdm
 
     from kmax_deeplab.engine.predictor import load_image
     from kmax_deeplab.engine.writers import PredictionWriter
 
-    writer = PredictionWriter(output, predictor.meta.categories, overlay=overlay)
+    writer = None if instances is not None else PredictionWriter(output, predictor.meta.categories,
+                                                                 overlay=overlay)
     errors: list[str] = []
     done = 0
     bar = tqdm(total=len(files), unit="img", disable=not progress, file=sys.stderr)
@@ -93,12 +102,26 @@ def predict_files(predictor, files: Sequence[Path], output: str | Path, *, overl
         if not arrays:
             continue
         for path, image, pred in zip(chunk, arrays, predictor.predict_arrays(arrays)):
-            writer.add(path, image, pred)
+            if instances is not None:
+                instances += [{"image_id": coco_image_id(path), "category_id": r["category_id"],
+                               "score": r["score"], "segmentation": r["segmentation"]}
+                              for r in pred["instances"]]
+            else:
+                writer.add(path, image, pred)
             done += 1
             bar.update(1)
     bar.close()
-    if done:
+    if done and writer is not None:
         writer.finish()
+    if done and instances is not None:
+        import json
+
+        from kmax_deeplab.fileio import atomic_path
+
+        out = Path(output) / "instances_results.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out) as tmp:
+            Path(tmp).write_text(json.dumps(instances))
     return done, errors
 
 
@@ -138,8 +161,13 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"kmax predict: {e}", file=sys.stderr)
         return 2
+    if args.task == "instance" and getattr(predictor.cfg.model, "task", "panoptic") != "instance":
+        print(f"kmax predict: --task instance needs an instance model (model.task 'instance', e.g. "
+              f"coco/knet_r50_fpn_1x_instance); this {predictor.cfg.model.meta_architecture!r} model is "
+              f"{getattr(predictor.cfg.model, 'task', 'panoptic')!r}", file=sys.stderr)
+        return 2
     done, errors = predict_files(predictor, files, args.output, overlay=not args.no_overlay,
-                                 progress=not args.quiet)
+                                 progress=not args.quiet, task=args.task)
     print(f"kmax predict: wrote {done} prediction(s) to {args.output}"
           + (f"; skipped {len(errors)} unreadable file(s)" if errors else ""), file=sys.stderr)
     return 0 if done else 1
@@ -177,5 +205,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="autocast dtype of the forward pass (post-processing is fp32)")
     p.add_argument("--compile", action="store_true", help="wrap the model in torch.compile")
     p.add_argument("--no-overlay", action="store_true", help="do not write <stem>_overlay.jpg")
+    p.add_argument("--task", choices=("panoptic", "instance"), default="panoptic",
+                   help="panoptic: PNG + predictions.json; instance: instances_results.json (COCO instance "
+                        "results with RLE masks; needs an instance model, e.g. coco/knet_r50_fpn_1x_instance)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
