@@ -156,3 +156,27 @@ def test_predict_cli_instance_task_writes_coco_results(tmp_path, capsys):
                  "--task", "instance", "--quiet"]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("kmax predict")]
     assert len(err) == 1 and "needs an instance model" in err[0]
+
+
+def test_zoo_entries_and_mmdet_download_path(tmp_path, monkeypatch):
+    """Every K-Net zoo entry builds from its preset; an mmdet file goes download -> convert -> cache."""
+    import dataclasses
+
+    from kmax_deeplab.checkpoints import zoo
+    from kmax_deeplab.checkpoints.mmdet import save_mmdet
+    from kmax_deeplab.checkpoints.native import load_native
+
+    knet = {n: e for n, e in zoo.ZOO.items() if e.source == "mmdet"}
+    assert {(e.preset, e.pq, e.metric) for e in knet.values()} == {
+        ("coco/knet_r50_fpn_1x", 44.3, "PQ"), ("coco/knet_r50_fpn_ms3x", 47.1, "PQ"),
+        ("coco/knet_r101_fpn_ms3x", 48.4, "PQ"), ("coco/knet_r50_fpn_1x_instance", 34.0, "mask AP")}
+    name = "knet_r50_fpn_1x_coco_panoptic"
+    monkeypatch.setitem(zoo.ZOO, name, dataclasses.replace(zoo.ZOO[name], preset="synthetic/knet_tiny"))
+    cfg = get_preset("synthetic/knet_tiny")
+    torch.manual_seed(0)
+    model = family_of(cfg).build_model(cfg)
+    pth = save_mmdet(model.state_dict(), tmp_path / "released.pth")
+    out = zoo.get_zoo_checkpoint(name, cache_dir=tmp_path / "cache", url=pth.as_uri(), progress=False)
+    cfg2, state = load_native(out)
+    assert cfg2.model.meta_architecture == "knet"
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
