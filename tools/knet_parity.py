@@ -89,7 +89,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ref-dir", default="/work/refs/knet")
     ap.add_argument("--ref-python", default="/work/refs/venv-knet/bin/python")
-    ap.add_argument("--gt-dir", default=str(REPO.parent / "shared/data/coco_panoptic_panopticapi_sample"),
+    ap.add_argument("--gt-dir", default=str(REPO / "tests/data/coco_panoptic_panopticapi_sample"),
                     help="panopticapi sample (panoptic_examples.json + PNGs + categories) for the loss GT")
     ap.add_argument("--out", default=str(REPO / "tests/data/parity/knet"))
     a = ap.parse_args()
