@@ -165,3 +165,19 @@ def test_mmdet_converter_refuses_other_task():
     del mm["roi_head.mask_head.0.ffn_norm.weight"]
     with pytest.raises(CheckpointMismatchError, match="stages.0.ffn_norm.weight"):
         mmdet_to_ours(mm, pan)
+
+
+def test_imagenet_init_from_torchvision_resnet(tmp_path):
+    """``kmax convert --from imagenet``'s loader fills the K-Net backbone from a torchvision R-50 file
+    (torchvision names = mmdet's ``backbone.`` names without the prefix, plus ``fc``)."""
+    from kmax_deeplab.checkpoints.imagenet import load_imagenet_backbone
+
+    torch.manual_seed(0)
+    src = resnet_mmdet(50)
+    tv = {k[len("backbone."):]: torch.from_numpy(v) for k, v in ours_to_mmdet(
+        {f"backbone.{k}": v for k, v in src.state_dict().items()}).items()}
+    tv["fc.weight"], tv["fc.bias"] = torch.zeros(1000, 2048), torch.zeros(1000)
+    torch.save(tv, tmp_path / "resnet50-0676ba61.pth")
+    dst = resnet_mmdet(50)
+    load_imagenet_backbone(tmp_path / "resnet50-0676ba61.pth", dst)
+    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values()))
