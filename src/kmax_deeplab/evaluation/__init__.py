@@ -1,5 +1,6 @@
 """Evaluation identical to the official scripts: panoptic quality (panopticapi,
-cityscapesScripts), semantic mIoU and COCO segm AP from panoptic predictions."""
+cityscapesScripts), semantic mIoU (from panoptic predictions, or from label maps as mmseg) and COCO
+segm AP from panoptic predictions."""
 
 from kmax_deeplab.evaluation.errors import PanopticEvaluationError
 from kmax_deeplab.evaluation.instance import InstanceAPAccumulator
@@ -11,13 +12,14 @@ from kmax_deeplab.evaluation.runner import (
     merge_shard_results,
     resolve_categories,
 )
-from kmax_deeplab.evaluation.semantic import SemanticAccumulator
+from kmax_deeplab.evaluation.semantic import SemanticAccumulator, SemSegAccumulator
 
 __all__ = [
     "PanopticEvaluationError",
     "PanopticEvaluator",
     "PanopticQualityAccumulator",
     "SemanticAccumulator",
+    "SemSegAccumulator",
     "InstanceAPAccumulator",
     "evaluate_files",
     "merge_shard_results",

@@ -12,3 +12,10 @@ class PanopticEvaluationError(ValueError):
     reports obscurely: duplicate segment ids, GT/prediction size mismatch, an
     unreadable PNG, a missing JSON field.
     """
+
+
+class SemanticEvaluationError(ValueError):
+    """Bad semantic-evaluation input (label maps): the message names the image at fault.
+
+    Raised for a prediction/ground-truth size mismatch or a non-integer label map.
+    """

@@ -1,6 +1,14 @@
-"""Semantic metrics (mIoU, per-class IoU, pixel accuracy) from panoptic maps.
+"""Semantic metrics (mIoU, per-class IoU, pixel accuracy).
 
-Each pixel's class is its segment's ``category_id``. GT VOID pixels (id 0 when not
+Two entry points:
+
+* :class:`SemSegAccumulator` (and :func:`intersect_and_union` /
+  :func:`total_area_to_metrics`) for label maps, identical to mmsegmentation 0.30's
+  definition (``mmseg/core/evaluation/metrics.py``: ``intersect_and_union``,
+  ``total_area_to_metrics``; summary as ``CustomDataset.evaluate``: ``nanmean``).
+* :class:`SemanticAccumulator` for panoptic maps, below.
+
+For panoptic maps each pixel's class is its segment's ``category_id``. GT VOID pixels (id 0 when not
 listed) are ignored. A prediction VOID pixel on a labelled GT pixel counts as a miss
 for that GT class (a false negative, never a false positive of another class). The
 confusion matrix comes from the per-image segment intersection counts of
@@ -13,11 +21,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from kmax_deeplab.evaluation.errors import PanopticEvaluationError
+from kmax_deeplab.evaluation.errors import PanopticEvaluationError, SemanticEvaluationError
 from kmax_deeplab.evaluation.pairing import SegmentPairing, pair_segments
 from kmax_deeplab.evaluation.panoptic_io import categories_by_id
 
-__all__ = ["SemanticAccumulator"]
+__all__ = ["SemanticAccumulator", "SemSegAccumulator", "intersect_and_union",
+           "total_area_to_metrics"]
 
 
 class SemanticAccumulator:
@@ -110,3 +119,177 @@ def _weighted_bincount(flat: np.ndarray, weights: np.ndarray, size: int) -> np.n
     out = np.zeros(size, dtype=np.int64)
     np.add.at(out, flat, weights)
     return out
+
+
+# --------------------------------------------------------------------------------------
+# Label-map metrics, mmsegmentation 0.30's definition.
+# --------------------------------------------------------------------------------------
+
+def reduce_zero_label_map(label: np.ndarray) -> np.ndarray:
+    """ADE20K's ``reduce_zero_label``: 0 becomes 255 (ignore), every other value ``v``
+    becomes ``v - 1``, and raw 255 stays 255 (``mmseg`` ``intersect_and_union`` and
+    ``LoadAnnotations``).
+
+    Args:
+        label: integer label map ``[H, W]`` (any integer dtype).
+    Returns:
+        int64 ``[H, W]``.
+    """
+    out = label.astype(np.int64) - 1
+    out[(label == 0) | (label == 255)] = 255
+    return out
+
+
+def intersect_and_union(pred: np.ndarray, label: np.ndarray, num_classes: int,
+                        ignore_index: int = 255, *, label_map: Mapping[int, int] | None = None,
+                        reduce_zero_label: bool = False, image_id: Any = None,
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class pixel areas of one image, as mmseg 0.30 ``intersect_and_union``.
+
+    ``label_map`` (old -> new, applied to a copy so chains do not cascade) is applied
+    first, then ``reduce_zero_label``; pixels whose (mapped) label equals
+    ``ignore_index`` are dropped. Pixels whose label or prediction lies outside
+    ``[0, num_classes)`` (and is not ignored) fall outside every class bin, as mmseg's
+    ``torch.histc`` drops them: such a label pixel counts in no class; such a
+    prediction counts as no class's prediction (but its GT class still gets the pixel
+    in ``area_label``).
+
+    Args:
+        pred: predicted class ids ``[H, W]``, integer dtype.
+        label: ground-truth class ids ``[H, W]``, integer dtype (raw PNG values).
+        num_classes: K.
+        ignore_index: GT value to ignore (255 in mmseg).
+        label_map: optional ``{old: new}`` remapping of GT values.
+        reduce_zero_label: ADE20K rule, see :func:`reduce_zero_label_map`.
+        image_id: named in error messages.
+    Returns:
+        ``(area_intersect, area_union, area_pred_label, area_label)``, each int64 ``[K]``.
+    Raises:
+        SemanticEvaluationError: shapes differ or a map is not an integer array.
+    """
+    pred = np.asarray(pred)
+    label = np.asarray(label)
+    if pred.shape != label.shape:
+        raise SemanticEvaluationError(
+            f"image {image_id!r}: prediction shape {pred.shape} != ground-truth shape {label.shape}")
+    for what, a in (("prediction", pred), ("ground truth", label)):
+        if not (np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_):
+            raise SemanticEvaluationError(
+                f"image {image_id!r}: {what} label map has dtype {a.dtype}, expected integers")
+    lab = label.astype(np.int64)
+    if label_map:
+        orig = lab.copy()
+        for old, new in label_map.items():
+            lab[orig == old] = new
+    if reduce_zero_label:
+        lab = reduce_zero_label_map(lab)
+    keep = lab != ignore_index
+    p = pred.astype(np.int64)[keep]
+    g = lab[keep]
+    k = int(num_classes)
+
+    def hist(v: np.ndarray) -> np.ndarray:
+        v = v[(v >= 0) & (v < k)]
+        return np.bincount(v, minlength=k).astype(np.int64)
+
+    area_intersect = hist(p[p == g])
+    area_pred = hist(p)
+    area_label = hist(g)
+    return area_intersect, area_pred + area_label - area_intersect, area_pred, area_label
+
+
+def total_area_to_metrics(area_intersect: np.ndarray, area_union: np.ndarray,
+                          area_pred_label: np.ndarray, area_label: np.ndarray) -> dict:
+    """mmseg 0.30 ``total_area_to_metrics(..., metrics=['mIoU'])`` plus the summary of
+    ``CustomDataset.evaluate`` (``nanmean``, not rounded).
+
+    Args:
+        area_*: summed per-class pixel areas ``[K]`` (from :func:`intersect_and_union`).
+    Returns:
+        ``{"aAcc": float, "mIoU": float, "mAcc": float, "IoU": float64 [K],
+        "Acc": float64 [K]}``; ``IoU[c]`` is NaN where class c is absent from both GT and
+        prediction (union 0), ``Acc[c]`` NaN where c is absent from GT; the means skip
+        NaN (NaN when every class is NaN). Fractions in [0, 1], not percent.
+    """
+    inter = np.asarray(area_intersect, dtype=np.float64)
+    union = np.asarray(area_union, dtype=np.float64)
+    label = np.asarray(area_label, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = inter / union
+        acc = inter / label
+        total = label.sum()
+        aacc = float(inter.sum() / total) if total else float("nan")
+    return {"aAcc": aacc, "mIoU": _nanmean(iou), "mAcc": _nanmean(acc), "IoU": iou, "Acc": acc}
+
+
+def _nanmean(x: np.ndarray) -> float:
+    finite = x[~np.isnan(x)]
+    return float(finite.mean()) if finite.size else float("nan")
+
+
+class SemSegAccumulator:
+    """Summed per-class areas over images (mmseg's ``pre_eval`` results, summed);
+    mergeable and picklable.
+
+    Args:
+        num_classes: K (150 for ADE20K).
+        ignore_index: GT value to ignore (255).
+        reduce_zero_label: apply ADE20K's rule to the raw GT (see
+            :func:`reduce_zero_label_map`); predictions are never reduced.
+        label_map: optional ``{old: new}`` GT remapping applied before the reduction.
+        class_names: optional names (length K) used as keys of ``per_class_iou``.
+    Raises:
+        ValueError: ``num_classes < 1`` or ``class_names`` of the wrong length.
+    """
+
+    def __init__(self, num_classes: int, *, ignore_index: int = 255, reduce_zero_label: bool = False,
+                 label_map: Mapping[int, int] | None = None, class_names: Sequence[str] | None = None):
+        if int(num_classes) < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"class_names has {len(class_names)} names for num_classes={num_classes}")
+        self.num_classes = int(num_classes)
+        self.ignore_index = int(ignore_index)
+        self.reduce_zero_label = bool(reduce_zero_label)
+        self.label_map = dict(label_map or {})
+        self.class_names = list(class_names) if class_names is not None else None
+        self.areas = np.zeros((4, self.num_classes), dtype=np.int64)
+        self.num_images = 0
+
+    def update(self, pred: np.ndarray, label: np.ndarray, *, image_id: Any = None) -> None:
+        """Add one image: ``pred`` and raw ``label`` integer maps ``[H, W]``."""
+        self.areas += np.stack(intersect_and_union(
+            pred, label, self.num_classes, self.ignore_index, label_map=self.label_map,
+            reduce_zero_label=self.reduce_zero_label, image_id=image_id))
+        self.num_images += 1
+
+    def merge(self, other: "SemSegAccumulator") -> "SemSegAccumulator":
+        """Add ``other``'s areas; returns self. Raises ValueError on different settings."""
+        if (other.num_classes, other.ignore_index, other.reduce_zero_label, other.label_map) != (
+                self.num_classes, self.ignore_index, self.reduce_zero_label, self.label_map):
+            raise ValueError("cannot merge semantic accumulators with different settings")
+        self.areas += other.areas
+        self.num_images += other.num_images
+        return self
+
+    def state_dict(self) -> dict:
+        """Picklable state."""
+        return {"num_classes": self.num_classes, "areas": self.areas.tolist(),
+                "num_images": self.num_images}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Restore from :meth:`state_dict`."""
+        if int(state["num_classes"]) != self.num_classes:
+            raise ValueError("state_dict was made with a different num_classes")
+        self.areas = np.asarray(state["areas"], dtype=np.int64).reshape(4, self.num_classes).copy()
+        self.num_images = int(state["num_images"])
+
+    def compute(self) -> dict:
+        """:func:`total_area_to_metrics` of the summed areas, plus
+        ``per_class_iou`` (``{name or index: IoU or None}``, None where NaN) and
+        ``num_images``."""
+        out = total_area_to_metrics(*self.areas)
+        names = self.class_names or list(range(self.num_classes))
+        out["per_class_iou"] = {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, out["IoU"])}
+        out["num_images"] = self.num_images
+        return out
