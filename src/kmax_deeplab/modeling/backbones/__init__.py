@@ -28,6 +28,7 @@ from kmax_deeplab.modeling.backbones.resnet import (
     ResNet,
     resnet50,
     resnet_tiny,
+    resnet_v1c,
 )
 
 # name -> builder(norm) for the ResNets; name -> size for ConvNeXt.
@@ -98,4 +99,5 @@ __all__ = [
     "freeze_batch_norms",
     "resnet50",
     "resnet_tiny",
+    "resnet_v1c",
 ]

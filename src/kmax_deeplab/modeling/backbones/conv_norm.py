@@ -123,13 +123,14 @@ class Conv2dNorm(nn.Conv2d):
         padding: symmetric zero padding; ``k // 2`` keeps the 32k+1 geometry (spec §1).
         norm: see :func:`resnet_norm`.
         bn_eps, bn_momentum: batch-norm constants (see :func:`resnet_norm`).
+        dilation: convolution dilation (1).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *,
                  stride: int = 1, padding: int = 0, norm: str = "BN", bn_eps: float = BN_EPS,
-                 bn_momentum: float = BN_MOMENTUM) -> None:
+                 bn_momentum: float = BN_MOMENTUM, dilation: int = 1) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride=stride,
-                         padding=padding, bias=False)
+                         padding=padding, dilation=dilation, bias=False)
         self.norm = resnet_norm(norm, out_channels, eps=bn_eps, momentum=bn_momentum)
         # detectron2's c2_msra_fill: He normal, fan_out, ReLU gain.
         nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")

@@ -54,11 +54,12 @@ class BottleneckBlock(nn.Module):
         stride: 1 or 2, applied by conv2 and the shortcut.
         norm: norm after each conv (see ``conv_norm.resnet_norm``).
         bn_eps, bn_momentum: batch-norm constants (kMaX 1e-3/0.01, mmdet 1e-5/0.1).
+        dilation: dilation (and padding) of the 3×3 ``conv2`` (mmseg's dilated ResNets).
     """
 
     def __init__(self, in_channels: int, out_channels: int, *, bottleneck_channels: int,
                  stride: int = 1, norm: str = "BN", bn_eps: float = BN_EPS,
-                 bn_momentum: float = BN_MOMENTUM) -> None:
+                 bn_momentum: float = BN_MOMENTUM, dilation: int = 1) -> None:
         super().__init__()
         self.stride = stride
         bn = dict(norm=norm, bn_eps=bn_eps, bn_momentum=bn_momentum)
@@ -69,7 +70,7 @@ class BottleneckBlock(nn.Module):
                              f"(in_channels == out_channels == {in_channels}, stride {stride})")
         self.conv1 = Conv2dNorm(in_channels, bottleneck_channels, 1, **bn)
         self.conv2 = Conv2dNorm(bottleneck_channels, bottleneck_channels, 3, stride=stride,
-                                padding=1, **bn)
+                                padding=dilation, dilation=dilation, **bn)
         self.conv3 = Conv2dNorm(bottleneck_channels, out_channels, 1, **bn)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -106,6 +107,32 @@ class PreActBottleneckBlock(BottleneckBlock):
         out = self.conv3(out)
         shortcut = x if self.shortcut is None else self.shortcut(x)
         return out + shortcut
+
+
+class DeepStem(nn.Module):
+    """ResNetV1c deep stem (mmseg ``ResNetV1c``, ``deep_stem=True``; Bag of Tricks §4.1).
+
+    Three 3×3 conv + norm + ReLU (``conv1``: 3 -> D/2, stride 2; ``conv2``: D/2 -> D/2;
+    ``conv3``: D/2 -> D), then a 3×3/2 max-pool (padding 1): output stride 4, activated.
+    mmseg's ``stem.{0,1,3,4,6,7}`` are ``conv{1,2,3}.{weight,norm.*}`` here.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, norm: str = "BN",
+                 bn_eps: float = BN_EPS, bn_momentum: float = BN_MOMENTUM) -> None:
+        super().__init__()
+        bn = dict(norm=norm, bn_eps=bn_eps, bn_momentum=bn_momentum)
+        half = out_channels // 2
+        self.conv1 = Conv2dNorm(in_channels, half, 3, stride=2, padding=1, **bn)
+        self.conv2 = Conv2dNorm(half, half, 3, padding=1, **bn)
+        self.conv3 = Conv2dNorm(half, out_channels, 3, padding=1, **bn)
+        self.max_pool = True
+        self.out_channels = out_channels
+        self.stride = 4
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[B, 3, H, W]`` -> ``[B, D, ceil(H/4), ceil(W/4)]``."""
+        x = F.relu(self.conv3(F.relu(self.conv2(F.relu(self.conv1(x))))))
+        return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
 
 
 class ResNetStem(nn.Module):
@@ -158,17 +185,26 @@ class ResNet(Backbone):
             ``requires_grad=False`` and their batch norms stay in eval mode.
         norm_eval: mmdet ``norm_eval``: every batch norm stays in eval mode (running
             statistics frozen) even in ``train()``; its affine parameters still train.
+        deep_stem: the ResNetV1c stem (:class:`DeepStem`; bytedance layout only).
+        strides: stride of each stage's first block, res2..res5; None: (1, 2, 2, 2) for
+            bytedance, (2, 2, 2, 2) for deeplab2. mmseg's D8 models: (1, 2, 1, 1).
+        dilations: dilation of each stage's 3×3 convs, res2..res5 (mmseg D8: 1, 1, 2, 4).
+        contract_dilation: mmseg ``contract_dilation``: the first block of a stage with
+            dilation d > 1 uses d // 2.
 
     Raises:
-        ValueError: unknown layout or norm, depths/widths of different lengths, or
-            ``frozen_stages`` outside [-1, 4].
+        ValueError: unknown layout or norm, depths/widths/strides/dilations of different
+            lengths, ``frozen_stages`` outside [-1, 4], or ``deep_stem`` / dilation with the
+            deeplab2 layout.
     """
 
     def __init__(self, depths: Sequence[int], *, stem_channels: int = 64,
                  bottleneck_channels: Sequence[int] = (64, 128, 256, 512),
                  layout: str = "bytedance", norm: str = "BN", in_channels: int = 3,
                  bn_eps: float = BN_EPS, bn_momentum: float = BN_MOMENTUM,
-                 frozen_stages: int = -1, norm_eval: bool = False) -> None:
+                 frozen_stages: int = -1, norm_eval: bool = False, deep_stem: bool = False,
+                 strides: Sequence[int] | None = None, dilations: Sequence[int] = (1, 1, 1, 1),
+                 contract_dilation: bool = False) -> None:
         super().__init__()
         if not -1 <= frozen_stages <= 4:
             raise ValueError(f"frozen_stages must be in [-1, 4], got {frozen_stages}")
@@ -182,19 +218,27 @@ class ResNet(Backbone):
                              f"{tuple(bottleneck_channels)}")
         self.layout = layout
         bytedance = layout == "bytedance"
+        if not bytedance and (deep_stem or tuple(dilations) != (1, 1, 1, 1)):
+            raise ValueError("deep_stem and dilations need layout='bytedance'")
+        if len(dilations) != 4 or (strides is not None and len(strides) != 4):
+            raise ValueError(f"need 4 stages, got strides {strides} and dilations {tuple(dilations)}")
         block_cls = BottleneckBlock if bytedance else PreActBottleneckBlock
-        self.stem = ResNetStem(in_channels, stem_channels, max_pool=bytedance, **bn)
+        self.stem = (DeepStem(in_channels, stem_channels, **bn) if deep_stem
+                     else ResNetStem(in_channels, stem_channels, max_pool=bytedance, **bn))
 
         info = [FeatureSpec("stem", stem_channels, self.stem.stride)]
         stride, channels = self.stem.stride, stem_channels
         # BD: res2 keeps stride 4 (the max-pool took it); TF: res2 strides 2 -> 4.
-        first_strides = (1, 2, 2, 2) if bytedance else (2, 2, 2, 2)
-        for i, (depth, width, first) in enumerate(
-                zip(depths, bottleneck_channels, first_strides)):
+        first_strides = tuple(strides) if strides is not None else (
+            (1, 2, 2, 2) if bytedance else (2, 2, 2, 2))
+        for i, (depth, width, first, dil) in enumerate(
+                zip(depths, bottleneck_channels, first_strides, dilations)):
             blocks = []
             for b in range(depth):
+                d = dil // 2 if (b == 0 and contract_dilation and dil > 1) else dil
+                extra = {"dilation": d} if d != 1 else {}
                 blocks.append(block_cls(channels, 4 * width, bottleneck_channels=width,
-                                        stride=first if b == 0 else 1, **bn))
+                                        stride=first if b == 0 else 1, **bn, **extra))
                 channels = 4 * width
             stride *= first
             self.add_module(f"res{i + 2}", nn.Sequential(*blocks))
@@ -283,6 +327,31 @@ def resnet_mmdet(depth: int = 50, *, frozen_stages: int = 1, norm_eval: bool = T
                   frozen_stages=frozen_stages, norm_eval=norm_eval)
 
 
+def resnet_v1c(depth: int = 50, *, dilated: bool = True, norm: str = "BN",
+               frozen_stages: int = -1, norm_eval: bool = False) -> ResNet:
+    """mmseg's ``ResNetV1c`` (deep stem, ``style='pytorch'``, BN eps 1e-5 / momentum 0.1),
+    as the K-Net semantic configs build it (``configs/seg/knet/*_r50-d8_*.py``).
+
+    Args:
+        depth: 50 or 101.
+        dilated: True: output stride 8 (strides 1/2/1/1, dilations 1/1/2/4,
+            ``contract_dilation``: FCN, PSPNet, DeepLabv3); False: output stride 32
+            (strides 1/2/2/2, no dilation: the UPerNet config, despite its "d8" name).
+        norm: ``"BN"`` / ``"SyncBN"`` (the configs' ``SyncBN``) / ``"FrozenBN"``.
+        frozen_stages, norm_eval: see :class:`ResNet` (the configs: -1, False).
+
+    Raises:
+        ValueError: another depth.
+    """
+    depths = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+    if depth not in depths:
+        raise ValueError(f"resnet_v1c: depth must be 50 or 101, got {depth}")
+    geometry = (dict(strides=(1, 2, 1, 1), dilations=(1, 1, 2, 4), contract_dilation=True) if dilated
+                else dict(strides=(1, 2, 2, 2), dilations=(1, 1, 1, 1), contract_dilation=True))
+    return ResNet(depths[depth], layout="bytedance", norm=norm, bn_eps=1e-5, bn_momentum=0.1,
+                  frozen_stages=frozen_stages, norm_eval=norm_eval, deep_stem=True, **geometry)
+
+
 def resnet_tiny(*, norm: str = "BN", layout: str = "bytedance", **kwargs) -> ResNet:
     """A tiny BD-layout ResNet for tests and the demo.
 
@@ -293,5 +362,5 @@ def resnet_tiny(*, norm: str = "BN", layout: str = "bytedance", **kwargs) -> Res
                   layout=layout, norm=norm, **kwargs)
 
 
-__all__ = ["LAYOUTS", "BottleneckBlock", "PreActBottleneckBlock", "ResNet", "ResNetStem",
-           "resnet50", "resnet101", "resnet_mmdet", "resnet_tiny"]
+__all__ = ["LAYOUTS", "BottleneckBlock", "DeepStem", "PreActBottleneckBlock", "ResNet", "ResNetStem",
+           "resnet50", "resnet101", "resnet_mmdet", "resnet_tiny", "resnet_v1c"]
