@@ -144,3 +144,28 @@ def test_merge_state_dict_and_errors():
         whole.update(np.zeros((2, 3), int), np.zeros((3, 2), int), image_id="x.png")
     with pytest.raises(SemanticEvaluationError, match="dtype float"):
         whole.update(np.zeros((2, 3)), np.zeros((2, 3), int))
+
+
+def test_kmax_evaluate_task_semantic(tmp_path, capsys):
+    """``kmax evaluate --task semantic`` on PNG folders == the accumulator (hand case)."""
+    from PIL import Image
+
+    from kmax_deeplab.cli import main
+
+    (tmp_path / "gt" / "a").mkdir(parents=True)
+    (tmp_path / "pred" / "a").mkdir(parents=True)
+    raw = np.array([[1, 1, 2], [2, 3, 0]], dtype=np.uint8)  # ADE20K-style, see the hand case
+    Image.fromarray(raw).save(tmp_path / "gt" / "a" / "x.png")
+    Image.fromarray(PRED.astype(np.uint8)).save(tmp_path / "pred" / "a" / "x.png")
+    out = tmp_path / "r.json"
+    code = main(["evaluate", "--task", "semantic", "--gt-folder", str(tmp_path / "gt"), "--pred-folder",
+                 str(tmp_path / "pred"), "--num-classes", "4", "--reduce-zero-label", "--output", str(out)])
+    assert code == 0
+    assert "aAcc 60.00  mIoU 33.33  mAcc 50.00  (1 images)" in capsys.readouterr().out
+    res = json.loads(out.read_text())["semantic"]
+    assert res["IoU"] == [0.5, 0.5, 0.0, None] and res["mIoU"] == pytest.approx(1 / 3)
+    Image.fromarray(raw).save(tmp_path / "gt" / "y.png")
+    code = main(["evaluate", "--task", "semantic", "--gt-folder", str(tmp_path / "gt"), "--pred-folder",
+                 str(tmp_path / "pred"), "--dataset", "ade20k"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "y.png: no prediction" in err

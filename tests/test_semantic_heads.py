@@ -89,3 +89,19 @@ def test_head_logits(kind):
         feats = head.forward_features(x)
     _check(logits, ref["logits"], kind)
     assert feats.shape[1] == head.channels and feats.shape[2:] == logits.shape[2:]
+
+
+def test_knet_upernet_total_from_parts():
+    """The issue's K-Net + UPerNet R-50 totals (the original code run on CPU: 45,660,300;
+    43,261,942 without the auxiliary head) = ResNetV1c-50 (OS32) + UPerHead + 3 kernel
+    update stages of 256 channels without a class branch (``knet/seg/kernel_update_head.py``
+    has ``mask_fcs`` / ``fc_mask`` only) + the auxiliary FCN head. Guards the parts the
+    semantic iterative head will be assembled from."""
+    from kmax_deeplab.modeling.knet.kernel_update import KernelUpdateHead
+
+    stage = KernelUpdateHead(150, num_cls_fcs=0, gather="softmax")
+    per_stage = sum(p.numel() for n, p in stage.named_parameters() if not n.startswith("fc_cls"))
+    total = (sum(p.numel() for p in resnet_v1c(50, dilated=False).parameters())
+             + sum(p.numel() for p in build_decode_head("upernet").parameters()) + 3 * per_stage)
+    assert total == 43_261_942
+    assert total + sum(p.numel() for p in build_decode_head("aux_fcn").parameters()) == 45_660_300

@@ -28,7 +28,56 @@ def _run_coco_instances(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_semantic(args: argparse.Namespace) -> int:
+    """``--task semantic``: mmseg-identical mIoU / per-class IoU / pixel accuracy of label PNGs."""
+    from kmax_deeplab.evaluation.errors import SemanticEvaluationError
+    from kmax_deeplab.evaluation.semantic import evaluate_semantic_folders
+    from kmax_deeplab.fileio import atomic_write_text
+
+    if not args.gt_folder or not args.pred_folder:
+        return _usage_error("--task semantic needs --gt-folder and --pred-folder (label PNGs)")
+    names, reduce = None, args.reduce_zero_label
+    num_classes = args.num_classes
+    if args.dataset == "ade20k":
+        from kmax_deeplab.data.catalog import get_dataset_meta
+
+        names = [c["name"] for c in get_dataset_meta("ade20k").categories]
+        num_classes = num_classes or len(names)
+        reduce = True
+    if not num_classes:
+        return _usage_error("--task semantic needs --num-classes (or --dataset ade20k)")
+    if names is not None and len(names) != num_classes:
+        names = None
+    try:
+        res = evaluate_semantic_folders(args.gt_folder, args.pred_folder, num_classes,
+                                        ignore_index=args.ignore_index, reduce_zero_label=reduce,
+                                        class_names=names)
+    except SemanticEvaluationError as exc:
+        print(f"kmax evaluate: error: {exc}", file=sys.stderr)
+        return 1
+    if args.per_class:
+        print(f"{'class':<28} {'IoU':>7} {'Acc':>7}")
+        for name, iou, acc in zip(res["per_class_iou"], res["IoU"], res["Acc"]):
+            print(f"{str(name):<28} {100 * iou:7.2f} {100 * acc:7.2f}")
+    print(f"aAcc {100 * res['aAcc']:.2f}  mIoU {100 * res['mIoU']:.2f}  mAcc {100 * res['mAcc']:.2f}  "
+          f"({res['num_images']} images)")
+    if args.output:
+        def nan_none(v):  # strict JSON: NaN (class absent from GT and prediction) -> null
+            if hasattr(v, "tolist"):
+                v = v.tolist()
+            if isinstance(v, list):
+                return [nan_none(x) for x in v]
+            return None if isinstance(v, float) and v != v else v
+
+        out = {"semantic": {k: nan_none(v) for k, v in res.items()}}
+        atomic_write_text(args.output, json.dumps(_jsonable(out), indent=2, allow_nan=False) + "\n")
+        print(f"results written to {args.output}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "task", "panoptic") == "semantic":
+        return _run_semantic(args)
     if getattr(args, "instances_gt", None):
         return _run_coco_instances(args)
     from kmax_deeplab.evaluation import PanopticEvaluationError, evaluate_files
@@ -163,6 +212,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "with exactly the official panopticapi / cityscapesScripts PQ rules. Prints the "
                     "All/Things/Stuff table in percent; exit code 1 on bad input.",
     )
+    p.add_argument("--task", choices=("panoptic", "semantic"), default="panoptic",
+                   help="semantic: mIoU / per-class IoU / pixel accuracy of label PNGs in --pred-folder "
+                        "against --gt-folder, identical to mmsegmentation's definition (ignore label, "
+                        "NaN for classes absent from both)")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="--task semantic: number of classes K (default with --dataset ade20k: 150)")
+    p.add_argument("--ignore-index", type=int, default=255, help="--task semantic: GT value ignored (255)")
+    p.add_argument("--reduce-zero-label", action="store_true",
+                   help="--task semantic: GT 0 becomes the ignore value and v becomes v-1 (ADE20K; "
+                        "implied by --dataset ade20k)")
     p.add_argument("--gt-json", default=None, help="ground-truth COCO-panoptic JSON (required "
                    "unless --merge)")
     p.add_argument("--instances-gt", default=None, metavar="INSTANCES_JSON",

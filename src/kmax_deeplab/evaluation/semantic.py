@@ -293,3 +293,45 @@ class SemSegAccumulator:
         out["per_class_iou"] = {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, out["IoU"])}
         out["num_images"] = self.num_images
         return out
+
+
+def evaluate_semantic_folders(gt_folder: str, pred_folder: str, num_classes: int, *, ignore_index: int = 255,
+                              reduce_zero_label: bool = False, class_names: Sequence[str] | None = None,
+                              gt_suffix: str = ".png", pred_suffix: str = ".png") -> dict:
+    """mmseg-identical mIoU of a folder of predicted label PNGs against a folder of GT PNGs.
+
+    Every ``gt_folder/**/<name><gt_suffix>`` needs ``pred_folder/<name><pred_suffix>``
+    (same relative path); predictions hold class ids ``0..K-1`` (after the reduction, as
+    mmseg's ``format_results``/``kmax predict --task semantic``), GT the raw dataset values.
+
+    Returns:
+        :meth:`SemSegAccumulator.compute` of all images.
+    Raises:
+        SemanticEvaluationError: a folder is missing or empty, a prediction is missing, a
+            PNG is unreadable or multi-channel, or the sizes differ.
+    """
+    from pathlib import Path
+
+    from kmax_deeplab.data.image_io import PanopticDataError
+    from kmax_deeplab.data.semantic import load_label_png
+
+    gt_dir, pred_dir = Path(gt_folder), Path(pred_folder)
+    for what, d in (("ground-truth", gt_dir), ("prediction", pred_dir)):
+        if not d.is_dir():
+            raise SemanticEvaluationError(f"{d}: {what} folder not found")
+    gts = sorted(p for p in gt_dir.rglob(f"*{gt_suffix}") if p.is_file())
+    if not gts:
+        raise SemanticEvaluationError(f"{gt_dir}: no '*{gt_suffix}' ground-truth label found")
+    acc = SemSegAccumulator(num_classes, ignore_index=ignore_index, reduce_zero_label=reduce_zero_label,
+                            class_names=class_names)
+    for g in gts:
+        rel = g.relative_to(gt_dir).as_posix()[: -len(gt_suffix)]
+        p = pred_dir / f"{rel}{pred_suffix}"
+        if not p.is_file():
+            raise SemanticEvaluationError(f"{g}: no prediction {p}")
+        try:
+            label, pred = load_label_png(g), load_label_png(p)
+        except PanopticDataError as e:
+            raise SemanticEvaluationError(str(e)) from None
+        acc.update(pred, label, image_id=rel)
+    return acc.compute()
