@@ -126,12 +126,18 @@ def _mask_scores(mask_prob: Tensor, binary: Tensor) -> Tensor:
 
 def _merge(order: Tensor, cls_scores: Tensor, cls_labels: Tensor, binary: Tensor,
            thing_flags: Tensor, *, thing_threshold: float, stuff_threshold: float,
-           overlap_threshold: float, inclusive: bool) -> tuple[Tensor, list[dict[str, Any]]]:
+           overlap_threshold: float, inclusive: bool,
+           fuse_flags: Tensor | None = None) -> tuple[Tensor, list[dict[str, Any]]]:
     """Paint queries in ``order`` onto an empty id map (spec §3 step 5).
+
+    ``fuse_flags[train_id]`` (default: not a thing) marks the classes whose queries are
+    fused into one segment per class.
 
     Returns ``(ids [H, W] int32, segments)``; each segment carries its train id, thing flag,
     the class score and the rank (0-based position in ``order``) of the query that opened it.
     """
+    if fuse_flags is None:
+        fuse_flags = ~thing_flags
     ids = torch.zeros(binary.shape[-2:], dtype=torch.int32, device=binary.device)
     segments: list[dict[str, Any]] = []
     stuff_segment: dict[int, int] = {}
@@ -148,11 +154,12 @@ def _merge(order: Tensor, cls_scores: Tensor, cls_labels: Tensor, binary: Tensor
         new = int(new_mask.sum())
         if not new > original * overlap_threshold:
             continue
-        if not thing and label in stuff_segment:
+        fuse = bool(fuse_flags[label])
+        if fuse and label in stuff_segment:
             ids[new_mask] = stuff_segment[label]
             continue
         seg_id = len(segments) + 1
-        if not thing:
+        if fuse:
             stuff_segment[label] = seg_id
         ids[new_mask] = seg_id
         segments.append({"id": seg_id, "train_id": label, "isthing": thing, "score": score,
@@ -205,6 +212,7 @@ def panoptic_inference(
     return_label_map: bool = False,
     label_divisor: int = 256,
     ignore_label: int = 0,
+    label_ids_to_fuse: Sequence[int] | None = None,
 ):
     """Mask-wise panoptic merging of one image's prediction (spec §3).
 
@@ -231,6 +239,9 @@ def panoptic_inference(
             semantic = the category id, thing instance = query rank + 1, stuff instance 0,
             void = ``ignore_label * label_divisor``.
         label_divisor / ignore_label: for the label map (COCO 256 / 0).
+        label_ids_to_fuse: train ids whose queries merge into one segment per class
+            (Hugging Face's meaning); default ``None`` = every stuff class (``is_thing``
+            False), the reference behaviour. Thresholds still follow ``is_thing``.
 
     Returns:
         ``(panoptic, segments_info)`` or, with ``return_label_map``,
@@ -259,8 +270,15 @@ def panoptic_inference(
                                           align_corners)
     cls_scores, cls_labels = _class_scores(pred_logits, num_classes)
     thing_flags = torch.tensor([bool(t) for t in is_thing])
+    fuse_flags = None
+    if label_ids_to_fuse is not None:
+        fuse_flags = torch.zeros(num_classes, dtype=torch.bool)
+        for label in label_ids_to_fuse:
+            if not 0 <= int(label) < num_classes:
+                raise ValueError(f"label_ids_to_fuse: {label} is not a train id in 0..{num_classes - 1}")
+            fuse_flags[int(label)] = True
     kwargs = dict(thing_threshold=thing_threshold, stuff_threshold=stuff_threshold,
-                  overlap_threshold=overlap_threshold)
+                  overlap_threshold=overlap_threshold, fuse_flags=fuse_flags)
 
     if variant == "bytedance":
         logits = resize_mask_logits(pred_masks, canvas_size=canvas, valid_size=valid,
