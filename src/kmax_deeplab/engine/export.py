@@ -24,15 +24,9 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-__all__ = ["EXPORT_OUTPUTS", "ExportedNetwork", "ExportWrapper", "export_onnx", "export_program",
+__all__ = ["ExportedNetwork", "ExportWrapper", "export_onnx", "export_program",
            "export_model", "load_exported", "read_export_config"]
 
-# Per model family: the outputs the post-processing needs, in export order. The family
-# table (modeling/families.py) can absorb this hook; until then the config's
-# ``model.meta_architecture`` (default "kmax") picks the row.
-EXPORT_OUTPUTS: dict[str, tuple[str, ...]] = {
-    "kmax": ("pred_logits", "pred_masks"),
-}
 CONFIG_KEY = "kmax_config"
 PT2_CONFIG_FILE = "kmax_config.yaml"
 ONNX_OPSET = 18
@@ -40,16 +34,15 @@ FORMATS = ("onnx", "torch-export")
 
 
 def export_outputs(cfg: Any) -> tuple[str, ...]:
-    """The exported output names of the family of ``cfg``.
+    """The exported output names: the family's ``inference_keys`` (what its post-processing
+    reads; ``pred_logits``, ``pred_masks`` for kMaX), in that order.
 
     Raises:
-        ValueError: the family has no export row.
+        ValueError: unknown model family.
     """
-    family = getattr(cfg.model, "meta_architecture", "kmax")
-    if family not in EXPORT_OUTPUTS:
-        raise ValueError(f"export: model family {family!r} has no export outputs "
-                         f"(known: {sorted(EXPORT_OUTPUTS)})")
-    return EXPORT_OUTPUTS[family]
+    from kmax_deeplab.modeling.families import family_of
+
+    return tuple(family_of(cfg).inference_keys)
 
 
 class ExportWrapper(nn.Module):
@@ -103,7 +96,7 @@ def export_program(model: nn.Module, cfg: Any, path: str | Path, *, max_batch: i
 
     Returns:
         ``path``. Input ``images [B, 3, Hc, Wc]`` float32 0..255; outputs in the order of
-        :data:`EXPORT_OUTPUTS`.
+        :func:`export_outputs`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,7 +119,7 @@ def export_onnx(model: nn.Module, cfg: Any, path: str | Path, *, max_batch: int 
             faster to export and gives the same outputs.
 
     Returns:
-        ``path``. Input ``images``, outputs named as in :data:`EXPORT_OUTPUTS`.
+        ``path``. Input ``images``, outputs named as in :func:`export_outputs`.
 
     Raises:
         ValueError: ``opset`` below 17.

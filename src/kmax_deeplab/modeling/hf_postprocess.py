@@ -63,7 +63,8 @@ def batch_geometry(outputs: Any, target_sizes: Any = None) -> tuple[Tensor, Tens
         outputs: a mapping (or object) with ``pred_logits [B, N, C+1]`` and
             ``pred_masks [B, N, h, w]`` (Hugging Face's ``class_queries_logits`` /
             ``masks_queries_logits`` also work) and optionally ``canvas_size (Hc, Wc)``
-            (the padded model input; default ``(h, w)``) and ``valid_sizes``, one ``(Hv, Wv)``
+            (the padded model input, ``batch_size`` in :meth:`Predictor.forward_batch`;
+            default ``(h, w)``) and ``valid_sizes``, one ``(Hv, Wv)``
             per image (the region holding the resized image; default the whole canvas), as
             :meth:`Predictor.forward_batch` returns them.
         target_sizes: ``B`` pairs ``(H, W)`` (list, or an int tensor ``[B, 2]``) or ``None``.
@@ -80,7 +81,9 @@ def batch_geometry(outputs: Any, target_sizes: Any = None) -> tuple[Tensor, Tens
         raise ValueError(f"outputs: pred_logits must be [B, N, C+1] and pred_masks [B, N, h, w] "
                          f"with equal B, N; got {tuple(logits.shape)} and {tuple(masks.shape)}")
     batch = logits.shape[0]
-    canvas = outputs.get("canvas_size") if isinstance(outputs, Mapping) else None
+    canvas = None
+    if isinstance(outputs, Mapping):  # the Predictor calls the model input size "batch_size"
+        canvas = outputs.get("canvas_size", outputs.get("batch_size"))
     canvas = tuple(int(s) for s in (canvas or masks.shape[-2:]))
     valid = outputs.get("valid_sizes") if isinstance(outputs, Mapping) else None
     valid = [tuple(int(s) for s in v) for v in valid] if valid is not None else [canvas] * batch
