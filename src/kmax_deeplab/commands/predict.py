@@ -64,10 +64,11 @@ def _build_predictor(args: argparse.Namespace):
 
 
 def predict_files(predictor, files: Sequence[Path], output: str | Path, *, overlay: bool = True,
-                  progress: bool = True) -> tuple[int, list[str]]:
+                  progress: bool = True, save_format: str = "coco") -> tuple[int, list[str]]:
     """Predict ``files`` and write ``<stem>.png``, ``<stem>_overlay.jpg`` and ``predictions.json``.
 
-    An unreadable file is reported on stderr (naming it) and skipped.
+    An unreadable file is reported on stderr (naming it) and skipped. The progress bar shows
+    images/s; ``save_format`` is :class:`~kmax_deeplab.engine.writers.PredictionWriter`'s.
 
     Returns:
         ``(number written, list of error messages)``.
@@ -77,10 +78,15 @@ def predict_files(predictor, files: Sequence[Path], output: str | Path, *, overl
     from kmax_deeplab.engine.predictor import load_image
     from kmax_deeplab.engine.writers import PredictionWriter
 
-    writer = PredictionWriter(output, predictor.meta.categories, overlay=overlay)
+    import time
+
+    writer = PredictionWriter(output, predictor.meta.categories, overlay=overlay,
+                              save_format=save_format)
+    started = time.perf_counter()
     errors: list[str] = []
     done = 0
-    bar = tqdm(total=len(files), unit="img", disable=not progress, file=sys.stderr)
+    bar = tqdm(total=len(files), unit=" images", disable=not progress, file=sys.stderr,
+               desc="kmax predict")
     for start in range(0, len(files), predictor.batch_size):
         chunk, arrays = [], []
         for path in files[start:start + predictor.batch_size]:
@@ -101,6 +107,10 @@ def predict_files(predictor, files: Sequence[Path], output: str | Path, *, overl
     bar.close()
     if done:
         writer.finish()
+        seconds = time.perf_counter() - started
+        if progress:
+            print(f"kmax predict: {done} image(s) in {seconds:.1f} s "
+                  f"({done / max(seconds, 1e-9):.2f} images/s)", file=sys.stderr)
     return done, errors
 
 
@@ -119,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"kmax predict: {e}", file=sys.stderr)
         return 2
     done, errors = predict_files(predictor, files, args.output, overlay=not args.no_overlay,
-                                 progress=not args.quiet)
+                                 progress=not args.quiet, save_format=args.save_format)
     print(f"kmax predict: wrote {done} prediction(s) to {args.output}"
           + (f"; skipped {len(errors)} unreadable file(s)" if errors else ""), file=sys.stderr)
     return 0 if done else 1
@@ -156,4 +166,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_true", help="wrap the model in torch.compile")
     p.add_argument("--no-overlay", action="store_true", help="do not write <stem>_overlay.jpg")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--save-format", choices=("coco", "cityscapes", "npz"), default="coco",
+                   help="coco: <stem>.png ids + predictions.json (default); cityscapes: also "
+                        "<stem>_labelIds.png and <stem>_pred.txt + instance masks "
+                        "(cityscapesScripts result files); npz: <stem>.npz (panoptic + "
+                        "segments arrays) instead of the PNG")
     p.set_defaults(func=run)
