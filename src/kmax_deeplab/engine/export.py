@@ -100,7 +100,8 @@ def export_program(model: nn.Module, cfg: Any, path: str | Path, *, max_batch: i
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    program = program or _program(model, cfg, max_batch)
+    if program is None:
+        program = _program(model, cfg, max_batch)
     torch.export.save(program, str(path), extra_files={PT2_CONFIG_FILE: _config_yaml(cfg)})
     return path
 
@@ -130,7 +131,8 @@ def export_onnx(model: nn.Module, cfg: Any, path: str | Path, *, max_batch: int 
         raise ValueError(f"export: opset {opset} < 17 (LayerNormalization needs 17)")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    program = program or _program(model, cfg, max_batch)
+    if program is None:
+        program = _program(model, cfg, max_batch)
     names = export_outputs(cfg)
     onnx_program = torch.onnx.export(program, (_example(cfg),), dynamo=True, opset_version=opset,
                                      input_names=["images"], output_names=list(names),
