@@ -55,3 +55,24 @@ def test_npz_file(tmp_path):
     np.testing.assert_allclose(z["scores"], [0.9, 0.8])
     with pytest.raises(ValueError, match="save-format"):
         PredictionWriter(tmp_path, CATS, save_format="tiff")
+
+
+@pytest.mark.slow
+def test_predict_cli_save_format_and_rate(tmp_path, capsys):
+    from pathlib import Path
+
+    import kmax_deeplab
+    from kmax_deeplab import cli
+
+    photos = sorted((Path(kmax_deeplab.__file__).parent / "assets" / "coco_sample").glob("*.jpg"))
+    out = tmp_path / "preds"
+    assert cli.main(["predict", *map(str, photos), "-o", str(out), "--config", "synthetic/kmax_tiny",
+                     "--opts", "model.image_size=[65,65]", "--save-format", "npz",
+                     "--no-overlay"]) == 0
+    err = capsys.readouterr().err
+    assert "images/s" in err
+    data = json.loads((out / "predictions.json").read_text())
+    assert [a["file_name"] for a in data["annotations"]] == [p.stem + ".npz" for p in photos]
+    for p, img in zip(photos, data["images"]):
+        z = np.load(out / f"{p.stem}.npz")
+        assert z["panoptic"].shape == (img["height"], img["width"])
