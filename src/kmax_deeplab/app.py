@@ -17,7 +17,6 @@ from __future__ import annotations
 import html
 import json
 import tempfile
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
