@@ -6,7 +6,16 @@ it, so nothing above the model hard-codes a canvas or a normalisation.
 
 * :class:`FixedCanvas` (kMaX, MaX-DeepLab; spec ``kmax_deeplab.md`` §1 test time): the longer
   side is resized to the canvas and the image is padded right/bottom with the mean
-  (127.5 grey, i.e. 0 after the model's ``(x - 127.5) / 127.5``) onto exactly the canvas.
+  (127.5 grey, i.e. 0 after the model's ``(x - 127.5) / 127.5``) onto exactly the canvas;
+  training crops are the canvas (large-scale jitter), so batches need no padding.
+* :class:`ResizePad` (K-Net, spec ``knet.md``; mmdet ``Resize(img_scale=(1333, 800),
+  keep_ratio=True)`` + ``Pad(size_divisor=32)`` + ImageNet mean/std): each image is resized
+  to fit short x long, and a batch is padded to its largest image rounded up to a multiple
+  of 32 with the mean (0 after normalisation); variable sizes in training too, the padding
+  void in the targets (``collate_panoptic``).
+
+Each geometry gives the predictor :meth:`preprocess`, and training its ``transforms`` and
+``collate``.
 
 Images stay RGB 0..255 float32: the model normalises with :attr:`pixel_mean` / :attr:`pixel_std`
 itself (DESIGN.md "Data contracts").
@@ -21,7 +30,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["FixedCanvas", "fit_size", "resize_and_pad"]
+__all__ = ["FixedCanvas", "IMAGENET_MEAN", "IMAGENET_STD", "ResizePad", "fit_size", "resize_and_pad"]
+
+#: torchvision / mmdet ImageNet statistics in 0..255 units (RGB).
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
 
 
 def fit_size(height: int, width: int, canvas: Sequence[int]) -> tuple[int, int]:
@@ -98,3 +111,70 @@ class FixedCanvas:
         valid = [self.test_size(img.shape[0], img.shape[1]) for img in images]
         pad = self.pixel_mean[0] if len(set(self.pixel_mean)) == 1 else self.pixel_mean
         return resize_and_pad(images, valid, self.batch_size(valid), pad), valid
+
+    def transforms(self, data_cfg, is_train: bool):
+        """Training: large-scale jitter crops of ``data.crop_size``; test: resize + pad (data/transforms)."""
+        from kmax_deeplab.data.transforms import build_transforms
+
+        return build_transforms(data_cfg, is_train=is_train)
+
+    def collate(self, num_classes: int):
+        """The batch collate: every sample already has the canvas size, so a plain stack."""
+        from kmax_deeplab.data.loader import collate_panoptic
+
+        return collate_panoptic
+
+
+@dataclass(frozen=True)
+class ResizePad:
+    """Resize to fit ``short x long`` (aspect kept), pad the batch to a multiple of ``size_divisor``.
+
+    Attributes:
+        short / long: test-time target (K-Net: 800 / 1333), :func:`~kmax_deeplab.data.transforms.short_long_size`.
+        size_divisor: batch sides are multiples of this (32).
+        train_short: training short side drawn uniformly from this range (K-Net (640, 800)),
+            with horizontal flips when ``data.flip``.
+        pixel_mean / pixel_std: ImageNet statistics, RGB 0..255 units; padding uses the mean.
+        mask_stride: output stride of the predicted masks (4).
+    """
+
+    short: int = 800
+    long: int = 1333
+    size_divisor: int = 32
+    train_short: tuple[int, int] = (640, 800)
+    pixel_mean: tuple[float, float, float] = IMAGENET_MEAN
+    pixel_std: tuple[float, float, float] = IMAGENET_STD
+    mask_stride: int = 4
+
+    def test_size(self, height: int, width: int) -> tuple[int, int]:
+        """``(Hv, Wv)`` of an ``height x width`` image at test time."""
+        from kmax_deeplab.data.transforms import short_long_size
+
+        return short_long_size(height, width, self.short, self.long)
+
+    def batch_size(self, valid_sizes: Sequence[tuple[int, int]]) -> tuple[int, int]:
+        """The largest of ``valid_sizes``, each side rounded up to a multiple of ``size_divisor``."""
+        d = int(self.size_divisor)
+        return (-(-max(h for h, _ in valid_sizes) // d) * d, -(-max(w for _, w in valid_sizes) // d) * d)
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """RGB uint8 images -> ``([B, 3, Hb, Wb]`` float32 0..255 padded with the mean, valid sizes)."""
+        valid = [self.test_size(img.shape[0], img.shape[1]) for img in images]
+        return resize_and_pad(images, valid, self.batch_size(valid), self.pixel_mean), valid
+
+    def transforms(self, data_cfg, is_train: bool):
+        """Training: random short side in ``train_short`` (+ flip); test: ``short x long``; no padding."""
+        from kmax_deeplab.data.transforms import ResizeShortLong
+
+        if is_train:
+            return ResizeShortLong(self.train_short, self.long, flip=bool(getattr(data_cfg, "flip", True)))
+        return ResizeShortLong(self.short, self.long)
+
+    def collate(self, num_classes: int):
+        """``collate_panoptic`` padding to a multiple of ``size_divisor``, padding void (semantic C)."""
+        from functools import partial
+
+        from kmax_deeplab.data.loader import collate_panoptic
+
+        return partial(collate_panoptic, size_divisor=self.size_divisor, pad_value=self.pixel_mean,
+                       ignore_label=int(num_classes))

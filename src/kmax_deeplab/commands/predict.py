@@ -7,6 +7,7 @@ A thin layer over :class:`kmax_deeplab.engine.predictor.Predictor` and
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -39,13 +40,10 @@ def _build_predictor(args: argparse.Namespace):
 
     kwargs = dict(device=args.device, dtype=args.dtype, batch_size=args.batch_size,
                   compile=args.compile)
-    if args.model:
-        if args.overrides:
-            print("kmax predict: --opts is ignored with --model (the zoo config is used)",
-                  file=sys.stderr)
+    if args.model:  # the checkpoint's own config, with the overrides applied
         if Path(args.model).is_dir():  # a native folder, e.g. a training run's model_final/
-            return Predictor.from_pretrained(args.model, **kwargs)
-        return Predictor.from_zoo(args.model, **kwargs)
+            return Predictor.from_pretrained(args.model, overrides=args.overrides, **kwargs)
+        return Predictor.from_zoo(args.model, overrides=args.overrides, **kwargs)
     config = args.config
     if config is None and args.weights and Path(args.weights).is_dir():
         from kmax_deeplab.checkpoints.native import CONFIG_NAME
@@ -114,7 +112,29 @@ def predict_files(predictor, files: Sequence[Path], output: str | Path, *, overl
     return done, errors
 
 
+OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.\w+)+=")
+
+
+def split_overrides(positional: Sequence[str], opts: Sequence[str] = ()) -> tuple[list[str], list[str]]:
+    """Sort positional arguments and ``--opts`` values into ``(inputs, key=value overrides)``.
+
+    As in ``kmax train``, overrides ``section.key=value`` may follow the images; and an
+    existing image or folder given after ``--opts`` is an input again (``--opts`` used to
+    swallow every path after it).
+    """
+    inputs, overrides = [], []
+    for item in positional:
+        (overrides if OVERRIDE.match(item) and not Path(item).exists() else inputs).append(item)
+    for item in opts:
+        (inputs if Path(item).exists() and not OVERRIDE.match(item) else overrides).append(item)
+    return inputs, overrides
+
+
 def run(args: argparse.Namespace) -> int:
+    args.inputs, args.overrides = split_overrides(args.inputs, args.overrides)
+    if not args.inputs:
+        print("kmax predict: give at least one image or folder", file=sys.stderr)
+        return 2
     try:
         files = collect_images(args.inputs)
     except FileNotFoundError as e:
@@ -143,8 +163,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "predictions.json in the COCO-panoptic format (images, annotations with "
                     "segments_info and scores, categories). Unreadable files are reported and "
                     "skipped; the exit code is non-zero only when nothing could be processed.")
-    p.add_argument("inputs", nargs="+", metavar="IMAGES_OR_FOLDERS",
-                   help="image files and/or folders of images (not recursive)")
+    p.add_argument("inputs", nargs="*", metavar="IMAGES_OR_FOLDERS",
+                   help="image files and/or folders of images (not recursive), then optionally "
+                        "config overrides key=value as in kmax train, e.g. postprocess.thing_threshold=0.5")
     p.add_argument("--output", "-o", required=True, help="output folder (created if needed)")
     p.add_argument("--config", default=None,
                    help="config preset name (see `kmax info`) or YAML file; default "
@@ -156,9 +177,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="model-zoo name (downloaded, converted and cached; see the README's "
                         "model zoo table) or a native checkpoint folder such as a training "
                         "run's model_final/")
-    p.add_argument("--opts", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="config overrides, e.g. postprocess.thing_threshold=0.5 "
-                        "model.image_size=[641,641]")
+    p.add_argument("--opts", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="config overrides (or give key=value after the images, as in kmax train), "
+                        "e.g. --opts postprocess.thing_threshold=0.5; applied to the checkpoint's "
+                        "config with --model too")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1, mps")
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",

@@ -51,12 +51,15 @@ def make_prepare_batch(num_classes: int, stride: int = MASK_STRIDE) -> Callable[
 def build_dataset(cfg: Any, split: str, *, is_train: bool | None = None) -> Any:
     """The ``train`` or ``val`` split of ``cfg.data`` as a ``COCOPanopticDataset``.
 
+    The transforms are those of the model family's input geometry (kMaX: large-scale jitter
+    crops of ``data.crop_size``; resize + pad at test time).
+
     Raises:
         FileNotFoundError / PanopticDataError: missing or malformed dataset files (named).
     """
     from kmax_deeplab.data.catalog import get_dataset_meta
     from kmax_deeplab.data.coco_panoptic import COCOPanopticDataset
-    from kmax_deeplab.data.transforms import build_transforms
+    from kmax_deeplab.modeling.families import family_of
 
     d = cfg.data
     root = Path(d.root)
@@ -67,7 +70,7 @@ def build_dataset(cfg: Any, split: str, *, is_train: bool | None = None) -> Any:
     train = split == "train" if is_train is None else is_train
     return COCOPanopticDataset(root / image_dir, root / json_file, root / pan_dir,
                                get_dataset_meta(d.dataset),
-                               transforms=build_transforms(d, is_train=train),
+                               transforms=family_of(cfg).input_geometry(cfg).transforms(d, is_train=train),
                                on_bad_sample=d.on_bad_sample)
 
 
@@ -91,7 +94,6 @@ def build_training(cfg: Any, *, eval_max_images: int | None = None, with_eval: b
     The model is built under the current RNG state; call :func:`seed_everything` first
     so that every rank builds identical weights.
     """
-    from kmax_deeplab.data.loader import collate_panoptic
     from kmax_deeplab.engine.validation import PanopticValidation
     from kmax_deeplab.modeling.families import family_of
 
@@ -103,7 +105,8 @@ def build_training(cfg: Any, *, eval_max_images: int | None = None, with_eval: b
     evaluate = None
     if with_eval:
         evaluate = PanopticValidation(cfg, build_dataset(cfg, "val"), max_images=eval_max_images)
-    return TrainingParts(model, criterion, train_ds, collate_panoptic,
+    collate = family.input_geometry(cfg).collate(cfg.model.num_classes)
+    return TrainingParts(model, criterion, train_ds, collate,
                          make_prepare_batch(cfg.model.num_classes, family.mask_stride), evaluate,
                          optimizer_factory=lambda m: family.build_optimizer(m, cfg),
                          scheduler_factory=lambda opt: family.build_scheduler(opt, cfg))

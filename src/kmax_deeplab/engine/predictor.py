@@ -176,21 +176,30 @@ class Predictor:
         return cls(model, cfg, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, **kwargs) -> "Predictor":
-        """Load a native checkpoint folder (its ``config.yaml`` builds the model)."""
+    def from_pretrained(cls, folder: str | Path, *, overrides: Sequence[str] = (), **kwargs) -> "Predictor":
+        """Load a native checkpoint folder (its ``config.yaml``, with ``key=value`` overrides,
+        builds the model).
+
+        Raises:
+            ValueError: an override names an unknown key, or the weights do not fit.
+        """
         from kmax_deeplab.checkpoints.native import load_native
+        from kmax_deeplab.config import apply_overrides
 
         cfg, state = load_native(folder)
+        if overrides:
+            cfg = apply_overrides(cfg, overrides)
         model = family_of(cfg).build_model(cfg)
         load_state_strict(model, state, str(folder))
         return cls(model, cfg, **kwargs)
 
     @classmethod
-    def from_zoo(cls, name: str, **kwargs) -> "Predictor":
-        """Fetch (or reuse the cached) model-zoo checkpoint ``name`` and load it."""
+    def from_zoo(cls, name: str, *, overrides: Sequence[str] = (), **kwargs) -> "Predictor":
+        """Fetch (or reuse the cached) model-zoo checkpoint ``name`` and load it (see
+        :meth:`from_pretrained` for ``overrides``)."""
         from kmax_deeplab.checkpoints.zoo import get_zoo_checkpoint
 
-        return cls.from_pretrained(get_zoo_checkpoint(name), **kwargs)
+        return cls.from_pretrained(get_zoo_checkpoint(name), overrides=overrides, **kwargs)
 
     # ------------------------------------------------------------------ inference
     def forward_batch(self, images: Sequence[np.ndarray]) -> dict:
@@ -228,7 +237,8 @@ class Predictor:
                 call (``thing_threshold``, ``overlap_threshold``, ``thing_area_limit`` ...).
 
         Returns:
-            See :meth:`predict_arrays`.
+            See :meth:`predict_arrays` (``"coco"`` results also carry ``instances`` when the
+            family's post-processing returns them).
 
         Raises:
             ValueError: an unknown ``output_format`` or override name.
@@ -266,6 +276,8 @@ class Predictor:
                           "segments_info": out["segments_info"]}
                 if semantic:
                     result["semantic"] = out["semantic"].cpu().numpy()
+                if out.get("instances") is not None:
+                    result["instances"] = out["instances"]
                 results.append(result)
         return results
 
@@ -281,6 +293,8 @@ class Predictor:
         return {
             "panoptic_seg": (pan, segments),
             "sem_seg": semantic_probabilities(raw["pred_logits"][i], raw["pred_masks"][i],
+                                              class_activation=self.family.class_activation,
+                                              mask_activation=self.family.mask_activation,
                                               **geometry),
             "instances": {"image_size": tuple(pan.shape), "pred_masks": masks,
                           "pred_classes": torch.tensor([s["category_id"] for s in things],
@@ -310,10 +324,11 @@ class Predictor:
     # ------------------------------------------------------------ Hugging Face style API
     def _hf_defaults(self) -> dict:
         pp = self.cfg.postprocess
-        return dict(is_thing=self.is_thing, thing_threshold=pp.thing_threshold,
-                    stuff_threshold=pp.stuff_threshold, variant=pp.variant,
-                    class_weight=pp.class_weight, mask_weight=pp.mask_weight,
-                    thing_area_limit=pp.thing_area_limit, stuff_area_limit=pp.stuff_area_limit)
+        fields = ("thing_threshold", "stuff_threshold", "variant", "class_weight", "mask_weight",
+                  "thing_area_limit", "stuff_area_limit")  # those the family's section has
+        return dict(is_thing=self.is_thing, class_activation=self.family.class_activation,
+                    mask_activation=self.family.mask_activation,
+                    **{k: getattr(pp, k) for k in fields if hasattr(pp, k)})
 
     def post_process_panoptic_segmentation(self, outputs: dict, threshold: float | None = None,
                                            mask_threshold: float | None = None,
@@ -336,7 +351,9 @@ class Predictor:
         """:func:`kmax_deeplab.modeling.hf_postprocess.post_process_semantic_segmentation`."""
         from kmax_deeplab.modeling.hf_postprocess import post_process_semantic_segmentation
 
-        return post_process_semantic_segmentation(outputs, target_sizes)
+        return post_process_semantic_segmentation(
+            outputs, target_sizes, class_activation=self.family.class_activation,
+            mask_activation=self.family.mask_activation)
 
     def post_process_instance_segmentation(self, outputs: dict, threshold: float | None = None,
                                            mask_threshold: float | None = None,

@@ -44,7 +44,7 @@ from kmax_deeplab.engine.distributed import (
 from kmax_deeplab.engine.logging import MetricWriter
 from kmax_deeplab.solver import build_optimizer, build_scheduler
 from kmax_deeplab.engine.sampling import SeededDataset, StreamBatchSampler, split_micro_batch
-from kmax_deeplab.engine.sync_bn import convert_sync_batchnorm
+from kmax_deeplab.modeling.layers.sync_bn import convert_sync_batchnorm
 
 logger = logging.getLogger("kmax_deeplab.train")
 

@@ -1,7 +1,19 @@
-"""kMaX-DeepLab losses and Hungarian matching (spec §2)."""
+"""Mask-transformer losses (kMaX-DeepLab spec §2), Hungarian matching, the generic SetCriterion."""
 
 from .common import gumbel_topk_sample, mean_over_nonzero, sampling_logits
-from .criterion import TERMS, KMaXCriterion, MatchedTargets, build_criterion, build_matched_targets
+from .criterion import (
+    KMAX_FINAL_TERMS,
+    KMAX_TERMS,
+    MATCHING_STEPS,
+    TERMS,
+    KMaXCriterion,
+    MatchEachOutput,
+    MatchedTargets,
+    MatchOnce,
+    SetCriterion,
+    build_criterion,
+    build_matched_targets,
+)
 from .instance_discrimination import instance_discrimination_loss
 from .mask_id import mask_id_cross_entropy
 from .matching import HungarianMatcher, ImageMatch, class_similarity, mask_similarity
@@ -9,6 +21,12 @@ from .pq_style import pq_class_loss, pq_dice_loss
 from .semantic import semantic_loss
 
 __all__ = [
+    "KMAX_FINAL_TERMS",
+    "KMAX_TERMS",
+    "MATCHING_STEPS",
+    "MatchEachOutput",
+    "MatchOnce",
+    "SetCriterion",
     "TERMS",
     "HungarianMatcher",
     "ImageMatch",

@@ -153,13 +153,14 @@ def post_process_panoptic_segmentation(
     results = []
     with torch.no_grad():
         for i, geom in enumerate(geoms):
-            pan, info = panoptic_inference(
+            result = panoptic_inference(
                 logits[i], masks[i], is_thing=is_thing, thing_threshold=thing_threshold,
                 stuff_threshold=stuff_threshold, overlap_threshold=overlap_mask_area_threshold,
                 pixel_confidence_threshold=mask_threshold,
                 label_ids_to_fuse=[c for c in range(num_classes) if fused[c]],
                 train_id_to_category_id=None, **geom,
                 **{k: v for k, v in merge_options.items() if k != "train_id_to_category_id"})
+            pan, info = result.panoptic, result.segments_info
             # category_id is the train id here (train_id_to_category_id=None)
             results.append({"segmentation": pan, "segments_info": [
                 {"id": s["id"], "label_id": s["category_id"], "was_fused": fused[s["category_id"]],
@@ -167,18 +168,23 @@ def post_process_panoptic_segmentation(
     return results
 
 
-def post_process_semantic_segmentation(outputs: Any, target_sizes: Any = None) -> list[Tensor]:
+def post_process_semantic_segmentation(outputs: Any, target_sizes: Any = None, *,
+                                       class_activation: str = "softmax_void",
+                                       mask_activation: str = "softmax") -> list[Tensor]:
     """Semantic maps of a batch (Hugging Face's ``post_process_semantic_segmentation``).
 
     Per pixel the argmax over classes of ``sum_n softmax(cls)_n[:C] * softmax_n(mask)``
-    (:func:`~kmax_deeplab.modeling.postprocess.semantic_inference`).
+    (:func:`~kmax_deeplab.modeling.postprocess.semantic_inference`; the activations are the
+    family's).
 
     Returns:
         One ``[H, W]`` int64 tensor of train ids per image.
     """
     logits, masks, geoms = batch_geometry(outputs, target_sizes)
     with torch.no_grad():
-        return [semantic_inference(logits[i], masks[i], **g) for i, g in enumerate(geoms)]
+        return [semantic_inference(logits[i], masks[i], class_activation=class_activation,
+                                   mask_activation=mask_activation, **g)
+                for i, g in enumerate(geoms)]
 
 
 def post_process_instance_segmentation(

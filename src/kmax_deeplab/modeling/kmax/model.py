@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from kmax_deeplab.modeling.kmax.pixel_decoder import KMaXPixelDecoder
 from kmax_deeplab.modeling.kmax.semantic_head import AuxSemanticDecoder, AuxSemanticHead
 from kmax_deeplab.modeling.kmax.transformer_decoder import KMaXTransformerDecoder
+from kmax_deeplab.modeling.layers.sync_bn import convert_sync_batchnorm  # noqa: F401  (re-export)
 from kmax_deeplab.modeling.outputs import MaskTransformerOutput
 
 REFERENCES = ("bytedance", "deeplab2")
@@ -180,15 +181,6 @@ def build_kmax(cfg: Any, *, backbone: Optional[nn.Module] = None) -> KMaXDeepLab
         pixel_feature_dim=cfg.pixel_feature_dim, drop_path=cfg.drop_path, norm=cfg.norm,
         semantic_head=semantic_head)
     return KMaXDeepLab(backbone, pixel_decoder, predictor, image_size=image_size)
-
-
-def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
-    """Return ``model`` with every batch norm replaced by :class:`nn.SyncBatchNorm` (spec §7.1).
-
-    A thin wrapper over ``nn.SyncBatchNorm.convert_sync_batchnorm``; state-dict keys are
-    unchanged.
-    """
-    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 __all__ = ["KMaXDeepLab", "build_kmax", "convert_sync_batchnorm"]
