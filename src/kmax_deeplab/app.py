@@ -14,6 +14,7 @@ Nothing here is specific to one model family: the predictor's ``postprocess`` is
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import tempfile
@@ -271,7 +272,7 @@ def build_demo(choices: ModelChoices | None = None, *, max_side: int = MAX_SIDE)
                  thing_area_limit=0, stuff_area_limit=0)
     if labels[0] in choices.initial:
         pp = choices.get(labels[0]).cfg.postprocess
-        start = {k: getattr(pp, k) for k in start}
+        start = {k: getattr(pp, k, v) for k, v in start.items()}
 
     def thresholds(thing, stuff, overlap, thing_area, stuff_area):
         return dict(thing_threshold=float(thing), stuff_threshold=float(stuff),
@@ -281,8 +282,11 @@ def build_demo(choices: ModelChoices | None = None, *, max_side: int = MAX_SIDE)
     def draw(state, opacity, semantic, *ths):
         if not state:
             return None, "", None, None
+        # only the sliders the family's postprocess section has
+        known = {f.name for f in dataclasses.fields(state["predictor"].cfg.postprocess)}
         res = render(state["predictor"], state["image"], state["raw"], opacity=float(opacity),
-                     semantic=bool(semantic), out_dir=state["dir"], **thresholds(*ths))
+                     semantic=bool(semantic), out_dir=state["dir"],
+                     **{k: v for k, v in thresholds(*ths).items() if k in known})
         return res.overlay, legend_html(res.segments), str(res.png_path), str(res.json_path)
 
     def segment(image, label, folder, opacity, semantic, *ths, progress=gr.Progress()):
@@ -346,8 +350,9 @@ def build_demo(choices: ModelChoices | None = None, *, max_side: int = MAX_SIDE)
             except ValueError as e:
                 gr.Warning(str(e))
                 return [gr.update()] * 5
-            return [pp.thing_threshold, pp.stuff_threshold, pp.overlap_threshold,
-                    pp.thing_area_limit, pp.stuff_area_limit]
+            return [getattr(pp, k, gr.update()) for k in
+                    ("thing_threshold", "stuff_threshold", "overlap_threshold",
+                     "thing_area_limit", "stuff_area_limit")]
 
         run.click(segment, [image, model, folder, opacity, semantic, *ths],
                   [state, overlay, legend, png, js, status])
