@@ -31,7 +31,6 @@ OpenCV's 8-bit HSV image, so they differ from mmseg by a few levels.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
