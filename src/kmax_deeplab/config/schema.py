@@ -75,7 +75,9 @@ class ModelConfig:
 class PostProcessConfig:
     """Mask-wise merging thresholds (spec §3)."""
 
-    variant: str = "bytedance"  # or "deeplab2": >=, area limits, crop-resolution scoring
+    # "auto": the variant of model.reference (bytedance, or deeplab2: >=, area limits,
+    # crop-resolution merging); "bytedance" / "deeplab2" force one.
+    variant: str = "auto"
     thing_threshold: float = 0.7
     stuff_threshold: float = 0.5
     overlap_threshold: float = 0.8

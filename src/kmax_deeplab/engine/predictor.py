@@ -102,6 +102,18 @@ def preprocess(images: Sequence[np.ndarray], canvas: Sequence[int]) -> tuple[tor
     return batch, valid
 
 
+def postprocess_variant(cfg: Any) -> str:
+    """``cfg.postprocess.variant``, with ``"auto"`` resolved from ``cfg.model.reference``.
+
+    ``model.reference`` selects the merging as well as the network (``docs/parity.md``,
+    "Behaviour switches"): bytedance -> ``"bytedance"``, deeplab2 -> ``"deeplab2"``.
+    """
+    variant = cfg.postprocess.variant
+    if variant != "auto":
+        return variant
+    return "deeplab2" if getattr(cfg.model, "reference", "bytedance") == "deeplab2" else "bytedance"
+
+
 def _load_state(model: nn.Module, state: dict, source: str) -> None:
     """Strictly load ``state`` into ``model``; the error names ``source`` and the keys."""
     own = model.state_dict()
@@ -175,8 +187,10 @@ class Predictor:
         compile: wrap the model in ``torch.compile``.
         batch_size: images per forward pass when a list is given.
         channels_last: run the model and its input in ``torch.channels_last`` memory format
-            (same results; ~20% faster at 1281² on CPU, see ``docs/benchmarks.md``, and the
-            layout tensor cores prefer).
+            (~20% faster at 1281² on CPU, see ``docs/benchmarks.md``, and the layout tensor
+            cores prefer). Not bit-identical to the contiguous format: convolutions sum in
+            another order (~1e-6 relative from the first axial block), which the k-means
+            argmax can amplify into a few changed mask owners (``docs/parity.md``, "Fast paths").
     """
 
     def __init__(self, model: nn.Module, cfg: Any, *, meta: Any = None,
@@ -245,7 +259,7 @@ class Predictor:
         pp = self.cfg.postprocess
         return dict(is_thing=self.is_thing,
                     train_id_to_category_id=list(self.meta.train_id_to_category_id),
-                    variant=pp.variant, thing_threshold=pp.thing_threshold,
+                    variant=postprocess_variant(self.cfg), thing_threshold=pp.thing_threshold,
                     stuff_threshold=pp.stuff_threshold, overlap_threshold=pp.overlap_threshold,
                     pixel_confidence_threshold=pp.pixel_confidence_threshold,
                     class_weight=pp.class_weight, mask_weight=pp.mask_weight,
