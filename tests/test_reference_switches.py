@@ -19,7 +19,7 @@ from torch import nn
 from kmax_deeplab.checkpoints import zoo
 from kmax_deeplab.checkpoints.native import load_native, save_native, upgrade_deeplab2_reference
 from kmax_deeplab.config import PRESETS, get_preset
-from kmax_deeplab.engine.predictor import postprocess_variant
+from kmax_deeplab.modeling.kmax.family import postprocess_variant
 from kmax_deeplab.modeling.kmax import build_kmax, reference_behaviour
 from kmax_deeplab.modeling.kmax.pixel_decoder import DecoderBlock, deeplab2_decoder_atrous_rate
 

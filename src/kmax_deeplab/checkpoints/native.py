@@ -86,7 +86,8 @@ def upgrade_deeplab2_reference(cfg: Config, metadata: Mapping[str, str], source:
     ``model.reference = "deeplab2"`` and ``postprocess.variant = "auto"`` (that of the
     reference), with a warning that says how to make it permanent.
     """
-    if metadata.get("source") != "deeplab2" or "reference" in metadata or cfg.model.reference == "deeplab2":
+    reference = getattr(cfg.model, "reference", None)  # families without the switch: nothing to do
+    if metadata.get("source") != "deeplab2" or "reference" in metadata or reference in (None, "deeplab2"):
         return False
     warnings.warn(
         f"{source}: converted from deeplab2 before model.reference selected the whole network; its "
@@ -97,3 +98,24 @@ def upgrade_deeplab2_reference(cfg: Config, metadata: Mapping[str, str], source:
     if cfg.postprocess.variant == "bytedance":
         cfg.postprocess.variant = "auto"
     return True
+
+
+def load_state_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Strictly load ``state`` into ``model``; the error names ``source`` and the keys.
+
+    Raises:
+        ValueError: missing keys, unexpected keys or another shape (first 20 of each, a count).
+    """
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        def fmt(keys):
+            return ", ".join(keys[:20]) + (f" ... ({len(keys)} in all)" if len(keys) > 20 else "")
+        parts = [f"{len(missing)} missing: {fmt(missing)}" if missing else "",
+                 f"{len(unexpected)} unexpected: {fmt(unexpected)}" if unexpected else "",
+                 f"{len(wrong)} with another shape: {fmt(wrong)}" if wrong else ""]
+        raise ValueError(f"{source}: weights do not fit the model built from the config ("
+                         + "; ".join(p for p in parts if p) + ")")
+    model.load_state_dict(dict(state), strict=True)
