@@ -41,7 +41,9 @@ BACKBONES = {
 }
 #: the class head's weights are scaled by this so that some queries pass the 0.7 / 0.5
 #: class thresholds and the panoptic result is not empty.
-CLASS_HEAD_GAIN = 6.0
+CLASS_HEAD_GAIN = 3.0
+#: γ of the final predictor's 1-channel mask BN (a temperature), for the same reason.
+MASK_GAIN = 4.0
 #: |γ| ranges of residual-branch BNs (zero-initialised in the model) and attention-logit BNs.
 RESIDUAL_GAMMA = (0.1, 0.3)
 SIMILARITY_GAMMA = (0.25, 0.75)
@@ -116,6 +118,8 @@ def seeded_model(name: str, seed: int = SEED) -> nn.Module:
     for p_name, p in model.named_parameters():
         if p_name.endswith(".gamma"):  # ConvNeXt layer scale (init 1e-6)
             p.copy_(_signed_uniform(g, p.numel(), 0.5, 1.5).view_as(p))
+    # The final mask "temperature" BN: peaky mask probabilities, so that binary masks pass 0.4.
+    model.predictor._predictor._pixel_space_mask_batch_norm.weight.fill_(MASK_GAIN)
     heads = [m for n, m in model.named_modules() if n.endswith("_transformer_class_head")]
     for head in heads:
         conv = head.conv if hasattr(head, "conv") else head
@@ -151,30 +155,37 @@ def pixel_positions(h: int, w: int) -> list[tuple[int, int]]:
     return [(int(round(fy * (h - 1))), int(round(fx * (w - 1)))) for fy, fx in PIXELS]
 
 
-def summaries(x: np.ndarray, *, argmax: bool = False) -> dict[str, np.ndarray]:
+def summaries(x: np.ndarray, *, argmax: bool = False, proj_dim: int | None = None) -> dict[str, np.ndarray]:
     """Stored summary of one ``[C, H, W]`` map or ``[N, C]`` matrix (float32 arrays).
 
     ``proj``: ``P @ x`` over the channel axis (``[4, H, W]``, ``[2, H, W]`` for maps larger
-    than :data:`SMALL_MAP`); ``pixels``: ``x[:, y, x]`` at :data:`PIXELS`
-    (``[C, len(PIXELS)]``) or, for a matrix, the first 2 rows; ``argmax``
-    (optional): argmax over channels, ``[H, W]`` uint8.
+    than :data:`SMALL_MAP`, ``proj_dim`` when given); ``pixels``: ``x[:, y, x]`` at
+    :data:`PIXELS` (``[C, len(PIXELS)]``) or, for a matrix, the first 2 rows; ``scale``:
+    max |x|; ``argmax`` and ``margin`` (optional): argmax over channels ``[H, W]`` uint8 and
+    the top-1 minus top-2 value there (float16), so that a test can tell a near-tie
+    (a pixel whose owner float rounding may flip) from a real disagreement.
     """
     x = np.asarray(x, dtype=np.float64)
     if x.ndim == 3:
         c, h, w = x.shape
-        k = PROJECTION_DIM if h * w <= SMALL_MAP else 2
+        k = proj_dim or (PROJECTION_DIM if h * w <= SMALL_MAP else 2)
         out = {"proj": np.einsum("kc,chw->khw", projection(c, k=k), x).astype(np.float32),
-               "pixels": np.stack([x[:, i, j] for i, j in pixel_positions(h, w)], 1).astype(np.float32)}
+               "pixels": np.stack([x[:, i, j] for i, j in pixel_positions(h, w)], 1).astype(np.float32),
+               "scale": np.float32(np.abs(x).max())}
         if argmax:
+            top2 = np.sort(x, axis=0)[-2:]
             out["argmax"] = x.argmax(0).astype(np.uint8)
+            out["margin"] = (top2[1] - top2[0]).astype(np.float16)  # top-1 minus top-2
         return out
     if x.ndim == 2:  # [N, C] class logits: project over classes, keep 2 full rows
         n, c = x.shape
-        return {"proj": (x @ projection(c).T).astype(np.float32), "pixels": x[:2].astype(np.float32)}
+        return {"proj": (x @ projection(c).T).astype(np.float32), "pixels": x[:2].astype(np.float32),
+                "scale": np.float32(np.abs(x).max())}
     raise ValueError(f"summaries: expected [C, H, W] or [N, C], got shape {x.shape}")
 
 
-def rel_error(ours: np.ndarray, ref: np.ndarray) -> float:
-    """max |ours - ref| / max |ref|."""
+def rel_error(ours: np.ndarray, ref: np.ndarray, scale: float | None = None) -> float:
+    """max |ours - ref| / ``scale`` (default max |ref|)."""
     ref = np.asarray(ref, np.float64)
-    return float(np.abs(np.asarray(ours, np.float64) - ref).max() / max(np.abs(ref).max(), 1e-30))
+    scale = float(np.abs(ref).max()) if scale is None else scale
+    return float(np.abs(np.asarray(ours, np.float64) - ref).max() / max(scale, 1e-30))

@@ -96,21 +96,22 @@ def tf_env(deeplab2: Path) -> dict:
     return env
 
 
-def make(name: str, deeplab2: Path, tf_python: str, work: Path) -> Path:
+def make(name: str, deeplab2: Path, tf_python: str, work: Path, reuse: bool = False) -> Path:
     preset, textproto = BACKBONES[name]
     config = deeplab2 / "deeplab2" / "configs" / "coco" / "kmax_deeplab" / textproto
-    env = tf_env(deeplab2)
-    layout_path = work / f"{name}_layout.json"
-    subprocess.run([tf_python, str(RUNNER), "variables", str(config), str(CANVAS), str(layout_path)],
-                   env=env, check=True)
-    model = seeded_model(name)
-    variables = to_deeplab2_variables(model.state_dict(), json.loads(layout_path.read_text()))
-    np.savez(work / f"{name}_weights.npz", **variables)
-    image = seeded_image(SEED + 3)[0].permute(1, 2, 0).numpy()  # [H, W, 3] RGB 0..255
-    np.save(work / f"{name}_image.npy", image)
     tf_out = work / f"{name}_tf.npz"
-    subprocess.run([tf_python, str(RUNNER), "run", str(config), str(CANVAS), str(work / f"{name}_weights.npz"),
-                    str(work / f"{name}_image.npy"), str(tf_out)], env=env, check=True)
+    if not (reuse and tf_out.is_file()):
+        env = tf_env(deeplab2)
+        layout_path = work / f"{name}_layout.json"
+        subprocess.run([tf_python, str(RUNNER), "variables", str(config), str(CANVAS), str(layout_path)],
+                       env=env, check=True)
+        model = seeded_model(name)
+        variables = to_deeplab2_variables(model.state_dict(), json.loads(layout_path.read_text()))
+        np.savez(work / f"{name}_weights.npz", **variables)
+        image = seeded_image(SEED + 3)[0].permute(1, 2, 0).numpy()  # [H, W, 3] RGB 0..255
+        np.save(work / f"{name}_image.npy", image)
+        subprocess.run([tf_python, str(RUNNER), "run", str(config), str(CANVAS), str(work / f"{name}_weights.npz"),
+                        str(work / f"{name}_image.npy"), str(tf_out)], env=env, check=True)
     ref = dict(np.load(tf_out))
     run_meta = json.loads(str(ref.pop("meta")))
     fixture: dict[str, np.ndarray] = {}
@@ -126,7 +127,9 @@ def make(name: str, deeplab2: Path, tf_python: str, work: Path) -> Path:
     layers = sorted({k.split("/")[0] for k in ref if k.startswith("layer")}, key=lambda s: int(s[5:]))
     for layer in layers + ["final"]:
         put(f"{layer}/class_logits", ref[f"{layer}/class_logits"][0])
-        put(f"{layer}/mask_logits", ref[f"{layer}/mask_logits"][0], argmax=True)
+        # aux layers: a 1-d projection at stride 4 (fixture size); the final output: 2-d.
+        put(f"{layer}/mask_logits", ref[f"{layer}/mask_logits"][0], argmax=True,
+            proj_dim=1 if layer != "final" else None)
     put("final/pixel_feature", ref["final/pixel_feature"][0])
     sem = ref["semantic_logits"][0]  # deeplab2: void (COCO label 0) at channel 0
     put("semantic_logits", np.concatenate([sem[1:], sem[:1]], 0), argmax=True)  # ours: void last
@@ -152,6 +155,8 @@ def main() -> None:
     p.add_argument("--tf-python", required=True, help="python of a TensorFlow venv")
     p.add_argument("--only", choices=sorted(BACKBONES), help="one backbone only")
     p.add_argument("--keep", type=Path, help="keep the intermediate files (weights, TF outputs) here")
+    p.add_argument("--reuse", action="store_true",
+                   help="with --keep: summarise the TF outputs already there instead of running TF again")
     args = p.parse_args()
     if not (args.deeplab2 / "deeplab2" / "model" / "kmax_deeplab.py").is_file():
         raise SystemExit(f"--deeplab2 {args.deeplab2}: no deeplab2/model/kmax_deeplab.py there")
@@ -159,7 +164,7 @@ def main() -> None:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         for name in [args.only] if args.only else sorted(BACKBONES):
-            path = make(name, args.deeplab2, args.tf_python, work)
+            path = make(name, args.deeplab2, args.tf_python, work, reuse=args.reuse)
             print(f"wrote {path.relative_to(ROOT)} ({path.stat().st_size / 1024:.0f} kB)")
 
 
