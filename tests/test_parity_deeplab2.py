@@ -167,7 +167,7 @@ def test_panoptic_result_matches_deeplab2_post_processor(parity):
     assert postprocess_variant(cfg) == "deeplab2"
     expected = ref["panoptic/label_map"]
     canvas = (meta["canvas"], meta["canvas"])
-    _, info, label = panoptic_inference(
+    result = panoptic_inference(
         torch.from_numpy(ours["final/class_logits"]), torch.from_numpy(ours["final/mask_logits"]),
         is_thing=[i < 80 for i in range(133)], train_id_to_category_id=[i + 1 for i in range(133)],
         variant=postprocess_variant(cfg), thing_threshold=pp.thing_threshold, stuff_threshold=pp.stuff_threshold,
@@ -175,6 +175,7 @@ def test_panoptic_result_matches_deeplab2_post_processor(parity):
         class_weight=pp.class_weight, mask_weight=pp.mask_weight, thing_area_limit=meta["thing_area_limit"],
         stuff_area_limit=meta["stuff_area_limit"], canvas_size=canvas, return_label_map=True,
         label_divisor=256, ignore_label=0)
+    label = result.label_map
     assert len(np.unique(expected)) >= 2  # the case is not trivial: segments and void
     # The same segments (semantic * 256 + instance, void = 0); pixels may differ only where the
     # final mask logits are near-ties, as in deeplab2's own graph-vs-eager runs.
