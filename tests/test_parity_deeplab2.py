@@ -11,7 +11,8 @@ aux semantic logits and the panoptic label map of deeplab2's own post-processor.
 
 Tolerance: max |ours - deeplab2| / max |deeplab2 stage tensor| <= 1e-4 per stage (float32;
 3e-4 for the last two transformer layers and the final logits, where float32 rounding alone
-reaches 1e-4, see ``RTOL_DEEP``), on the stored summaries (a seeded projection over channels and full channel vectors at 2 pixels);
+reaches 1e-4, see ``RTOL_DEEP``), on the stored summaries (a seeded projection over channels
+and full channel vectors at 2 pixels);
 argmaxes (mask owner over queries, semantic class) agree at every pixel that is not a
 near-tie (margin below twice the tolerated error), and at >= 99 % of all pixels.
 """

@@ -28,7 +28,8 @@ Usage (the reference checkout and its TF venv live outside the repository; see
 
 ``--deeplab2`` is the folder that holds the ``deeplab2`` package (commit 64bc1c1, protos
 compiled); ``--tf-python`` a Python with ``tensorflow-cpu`` 2.21, ``tf-keras`` 2.21,
-``immutabledict``, ``PyYAML``, ``numpy``. Takes about 2 minutes on 2 CPU cores.
+``immutabledict``, ``PyYAML``, ``numpy``. Took about 15 minutes on the (shared, loaded) 2-core VM,
+most of it TensorFlow building the two models; ``--keep DIR --reuse`` re-summarises kept TF outputs.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 import torch  # noqa: E402
 
 from _d2parity import (  # noqa: E402
-    BACKBONES, CANVAS, CLASS_HEAD_GAIN, DEEPLAB2_COMMIT, PIXELS, PROJECTION_DIM, PROJECTION_SEED, SEED,
+    BACKBONES, CANVAS, CLASS_HEAD_GAIN, DEEPLAB2_COMMIT, MASK_GAIN, PIXELS, PROJECTION_DIM, PROJECTION_SEED, SEED,
     seeded_image, seeded_model, summaries,
 )
 from kmax_deeplab.checkpoints.deeplab2_tf import IGNORED, deeplab2_rows  # noqa: E402
@@ -135,8 +136,10 @@ def make(name: str, deeplab2: Path, tf_python: str, work: Path, reuse: bool = Fa
     put("semantic_logits", np.concatenate([sem[1:], sem[:1]], 0), argmax=True)  # ours: void last
     fixture["panoptic/label_map"] = ref["panoptic/label_map"][0].astype(np.int32)
     meta = {
-        "reference": "google-research/deeplab2", "commit": DEEPLAB2_COMMIT, "config": f"configs/coco/kmax_deeplab/{textproto}",
-        "preset": preset, "seed": SEED, "image_seed": SEED + 3, "canvas": CANVAS, "class_head_gain": CLASS_HEAD_GAIN,
+        "reference": "google-research/deeplab2", "commit": DEEPLAB2_COMMIT,
+        "config": f"configs/coco/kmax_deeplab/{textproto}",
+        "preset": preset, "seed": SEED, "image_seed": SEED + 3, "canvas": CANVAS,
+        "class_head_gain": CLASS_HEAD_GAIN, "mask_gain": MASK_GAIN,
         "projection_seed": PROJECTION_SEED, "projection_dim": PROJECTION_DIM, "pixels": PIXELS,
         "thing_area_limit": run_meta["thing_area_limit"], "stuff_area_limit": run_meta["stuff_area_limit"],
         "tensorflow": run_meta["tensorflow"], "torch": torch.__version__, "num_layers": len(layers),

@@ -81,10 +81,14 @@ _ENTRIES = [
     # deeplab2 g3doc/projects/kmax_deeplab.md (TF, converted into the deeplab2-layout R50 / ConvNeXt);
     # every one builds deeplab2's network (a *_deeplab2 preset: model.reference = deeplab2).
     _tf("kmax_r50_coco", "kmax_resnet50_coco_train", "coco", "resnet50_deeplab2", "coco/kmax_r50_deeplab2", 53.0),
-    _tf("kmax_convnext_tiny_coco", "kmax_convnext_tiny_coco_train", "coco", "convnext_tiny", "coco/kmax_convnext_tiny_deeplab2", 55.3),
-    _tf("kmax_convnext_small_coco", "kmax_convnext_small_coco_train", "coco", "convnext_small", "coco/kmax_convnext_small_deeplab2", 56.3),
-    _tf("kmax_convnext_base_coco", "kmax_convnext_base_coco_train", "coco", "convnext_base", "coco/kmax_convnext_base_deeplab2", 57.2),
-    _tf("kmax_convnext_large_coco", "kmax_convnext_large_coco_train", "coco", "convnext_large", "coco/kmax_convnext_large_deeplab2", 57.9),
+    _tf("kmax_convnext_tiny_coco", "kmax_convnext_tiny_coco_train", "coco", "convnext_tiny",
+        "coco/kmax_convnext_tiny_deeplab2", 55.3),
+    _tf("kmax_convnext_small_coco", "kmax_convnext_small_coco_train", "coco", "convnext_small",
+        "coco/kmax_convnext_small_deeplab2", 56.3),
+    _tf("kmax_convnext_base_coco", "kmax_convnext_base_coco_train", "coco", "convnext_base",
+        "coco/kmax_convnext_base_deeplab2", 57.2),
+    _tf("kmax_convnext_large_coco", "kmax_convnext_large_coco_train", "coco", "convnext_large",
+        "coco/kmax_convnext_large_deeplab2", 57.9),
     _tf("kmax_convnext_large_coco_unlabeled", "kmax_convnext_large_coco_train_unlabeled", "coco", "convnext_large",
         "coco/kmax_convnext_large_deeplab2", 58.1, "trained with the COCO unlabeled set"),
     _tf("kmax_r50_cityscapes", "kmax_resnet50_cityscapes_train", "cityscapes", "resnet50_deeplab2",

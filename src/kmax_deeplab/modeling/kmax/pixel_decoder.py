@@ -323,4 +323,5 @@ class KMaXPixelDecoder(nn.Module):
         return PixelDecoderOutput(outs[:3], outs[-1], raw)
 
 
-__all__ = ["ALIGN_CORNERS_RULES", "BlockGroup", "deeplab2_decoder_atrous_rate", "DecoderBlock", "KMaXPixelDecoder", "PixelDecoderOutput", "ResizedFuse", "resize_align_corners"]
+__all__ = ["ALIGN_CORNERS_RULES", "BlockGroup", "DecoderBlock", "KMaXPixelDecoder", "PixelDecoderOutput", "ResizedFuse",
+           "deeplab2_decoder_atrous_rate", "resize_align_corners"]
