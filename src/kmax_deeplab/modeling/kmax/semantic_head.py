@@ -18,6 +18,10 @@ from kmax_deeplab.modeling.kmax.pixel_decoder import resize_align_corners
 from kmax_deeplab.modeling.layers.conv_norm import ConvNormAct
 
 
+#: ``low_level_activation`` name -> function (None: the raw features, bytedance).
+LOW_LEVEL_ACTIVATIONS = {"none": None, "relu": F.relu, "gelu": F.gelu}
+
+
 class ASPP(nn.Module):
     """Atrous spatial pyramid pooling (DeepLabv3): ``[B, D_in, h, w] -> [B, channels, h, w]``.
 
@@ -75,10 +79,16 @@ class AuxSemanticDecoder(nn.Module):
         num_outputs: C+1 (void included).
         channels: ASPP / decoder width (256).
         low_level_channels: projections of res3 and res2 (64, 32).
-        activate_low_level: apply GELU to res3/res2 before projecting them (deeplab2
-            ConvNeXt behaviour; bytedance passes the raw features).
+        low_level_activation: ``"none"`` (bytedance: the raw res3/res2), ``"relu"`` or
+            ``"gelu"``: applied to res3/res2 before their projections. deeplab2 feeds its
+            backbone's activated ``res3``/``res2`` endpoints (``model/decoder/max_deeplab.py``
+            reads them by name; ``pixel_encoder/axial_resnet.py``: ReLU, ``convnext.py``:
+            GELU), while res5 enters the ASPP raw (``feature_semantic`` = ``stage5``).
         norm: batch-norm kind.
         align_corners: ``"bytedance"`` (on iff the stride-32 width is odd) or ``"always"`` (deeplab2).
+
+    Raises:
+        ValueError: unknown ``low_level_activation`` or ``align_corners`` rule.
     """
 
     def __init__(
@@ -90,7 +100,7 @@ class AuxSemanticDecoder(nn.Module):
         *,
         channels: int = 256,
         low_level_channels: Sequence[int] = (64, 32),
-        activate_low_level: bool = False,
+        low_level_activation: str = "none",
         norm: str = "BN",
         align_corners: str = "bytedance",
     ) -> None:
@@ -98,7 +108,10 @@ class AuxSemanticDecoder(nn.Module):
         resize_align_corners(1, align_corners)  # validate the rule
         self.align_corners = align_corners
         os8, os4 = low_level_channels
-        self.activate_low_level = activate_low_level
+        if low_level_activation not in LOW_LEVEL_ACTIVATIONS:
+            raise ValueError(f"low_level_activation must be one of {tuple(LOW_LEVEL_ACTIVATIONS)}, "
+                             f"got {low_level_activation!r}")
+        self.low_level_activation = low_level_activation
         self._aspp = ASPP(res5_channels, channels, (6, 12, 18), norm=norm)
         self._low_level_projection_os8 = ConvNormAct(res3_channels, os8, 1, norm=norm, act="gelu")
         self._low_level_fusion_os8_conv0_bn_act = ConvNormAct(
@@ -114,8 +127,9 @@ class AuxSemanticDecoder(nn.Module):
 
     def forward(self, res5: Tensor, res3: Tensor, res2: Tensor) -> Tensor:
         """``res5 [B, D5, h/8, w/8]``, ``res3 [B, D3, h/2, w/2]``, ``res2 [B, D2, h, w]`` -> ``[B, C+1, h, w]``."""
-        if self.activate_low_level:
-            res3, res2 = F.gelu(res3), F.gelu(res2)
+        act = LOW_LEVEL_ACTIVATIONS[self.low_level_activation]
+        if act is not None:
+            res3, res2 = act(res3), act(res2)
         x = self._aspp(res5)
         # BD decides once, from the stride-32 width, for both upsamplings.
         ac = resize_align_corners(x.shape[-1], self.align_corners)
@@ -157,4 +171,4 @@ class AuxSemanticHead(nn.Sequential):
         return res5
 
 
-__all__ = ["ASPP", "AuxSemanticDecoder", "AuxSemanticHead"]
+__all__ = ["ASPP", "AuxSemanticDecoder", "AuxSemanticHead", "LOW_LEVEL_ACTIVATIONS"]
