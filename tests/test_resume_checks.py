@@ -95,7 +95,9 @@ tr.train()
 def test_sigkill_then_resume_is_bit_identical(tmp_path, reference, mode, k):
     out = tmp_path / "run"
     code = _CHILD.format(tests=str(REPO / "tests"), mode=mode, k=k, out=str(out))
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
+    # The child must use this process's thread count: float sums (and so bit-identity)
+    # depend on how many threads split them.
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS=str(torch.get_num_threads()))
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
