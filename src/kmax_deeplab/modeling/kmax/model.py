@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from kmax_deeplab.modeling.kmax.pixel_decoder import KMaXPixelDecoder
-from kmax_deeplab.modeling.kmax.semantic_head import AuxSemanticDecoder, AuxSemanticHead
+from kmax_deeplab.modeling.heads.semantic_head import AuxSemanticDecoder, AuxSemanticHead
 from kmax_deeplab.modeling.kmax.transformer_decoder import KMaXTransformerDecoder
 from kmax_deeplab.modeling.layers.sync_bn import convert_sync_batchnorm  # noqa: F401  (re-export)
 from kmax_deeplab.modeling.outputs import MaskTransformerOutput
