@@ -1,6 +1,6 @@
 """The ``kmax`` command: one entry point with sub-commands.
 
-``kmax predict | train | evaluate | convert | demo | info``; ``kmax <cmd> --help``
+``kmax predict | train | evaluate | prepare | convert | demo | info``; ``kmax <cmd> --help``
 documents every option. Each sub-command lives in ``kmax_deeplab.commands.<cmd>`` and
 calls a library function; this module only builds the parser and dispatches.
 """
