@@ -2,7 +2,7 @@
 
 The randomised cases of ``test_eval_pq_random`` (crowd, VOID, predicted id 0 as a real
 segment, repeated crowd segments of one class, merges, splits, shifts; real GT from
-../shared/data) go through ``evaluate_files(backend="hotcoco")`` one image set each and
+tests/data) go through ``evaluate_files(backend="hotcoco")`` one image set each and
 must give panopticapi's per-class counts and IoU sums; the inputs where hotcoco differs
 (GT listing id 0, a category without ``isthing``) must be routed to ours.
 """

@@ -209,12 +209,18 @@ def convert_file(src: Path, dst: Path, *, source: str, preset: str, strict: bool
         raise ValueError(f"model family {family.name!r} has no {source!r} checkpoint importer "
                          f"(it has: {', '.join(sorted(family.importers)) or 'none'})")
     sd = importer(src, family.build_model(cfg), cfg, strict=strict)
+    from kmax_deeplab.checkpoints.checksums import check_finite
+
+    check_finite(sd, str(src))  # NaN/inf weights would predict nothing, silently
     meta = {"source": source, "original": Path(src).name, **(metadata or {})}
     dst = Path(dst)
     if dst.exists():
         raise FileExistsError(f"{dst}: already exists; choose a new output folder")
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent if dst.parent.exists() else None))
     try:
+        from kmax_deeplab.fileio import current_umask
+
+        os.chmod(tmp, 0o777 & ~current_umask())  # the folder a plain mkdir makes, not mkdtemp's 0700
         save_native(tmp, sd, cfg, meta)
         dst.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, dst)

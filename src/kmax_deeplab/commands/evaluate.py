@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
                 dataset=args.dataset, categories=args.categories, use_train_id=use_train_id,
                 semantic=args.miou, instance=args.ap, num_workers=args.workers,
                 progress=not args.no_progress, backend=args.backend, shard=args.shard,
+                strict_void=args.strict_void,
             )
         except PanopticEvaluationError as exc:
             print(f"kmax evaluate: error: {exc}", file=sys.stderr)
@@ -167,6 +168,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="worker processes (default: all CPUs; 0 = in this process)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--strict-void", action="store_true",
+                   help="a prediction listing segment id 0 (VOID in panoptic PNGs) is an error "
+                        "(default: scored as a segment, as panopticapi does, with a warning)")
     p.add_argument("--output", default=None, help="write all results as JSON here (atomically)")
     p.add_argument("--instance", action="store_true",
                    help="Cityscapes instance AP / AP50 per class by cityscapesScripts' "

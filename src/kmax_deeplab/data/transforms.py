@@ -249,13 +249,17 @@ class ResizeLongestAndPad:
     be cropped to ``[:h, :w]`` and resized back to the original ``height``/``width``.
     """
 
-    def __init__(self, size: Sequence[int], pad_value: float = PAD_VALUE) -> None:
+    def __init__(self, size: Sequence[int], pad_value: float = PAD_VALUE,
+                 size_fn: Callable[[int, int], tuple[int, int]] | None = None) -> None:
         self.size = (int(size[0]), int(size[1]))
         self.pad_value = pad_value
+        # (h, w) -> resized (h, w); default: longer side to ``size``. The kMaX geometry passes the
+        # reference's own test-time rule (kmax_deeplab.geometry.inference_size).
+        self.size_fn = size_fn or (lambda h, w: _longest_side_size(h, w, self.size))
 
     def __call__(self, record: Record, rng: np.random.Generator | None = None) -> Record:
         h, w = record["panoptic"].shape
-        out = resize_crop(record, _longest_side_size(h, w, self.size))
+        out = resize_crop(record, self.size_fn(h, w))
         return pad_to(out, self.size, self.pad_value)
 
 

@@ -122,14 +122,17 @@ def export_final_weights(cfg: Any, model: nn.Module, output_dir: Path, iteration
 
 def train_from_config(cfg: Any, *, output_dir: str | Path | None = None, resume: bool = False,
                       progress: bool = True, max_iters: int | None = None,
-                      eval_max_images: int | None = None) -> dict[str, Any]:
+                      eval_max_images: int | None = None,
+                      accept_changes: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
     """Train ``cfg`` in this process (one rank of a torchrun job, or alone).
 
     Args:
         cfg: a full :class:`~kmax_deeplab.config.Config`.
         output_dir: run folder (default ``cfg.solver.output_dir``); gets ``config.yaml``,
             checkpoints, ``metrics.jsonl``, ``tb/`` and, at the end, ``model_final/``.
-        resume: continue from ``output_dir/last_checkpoint`` when it exists.
+        resume: continue from the newest intact checkpoint of ``output_dir`` when there is
+            one; a stored config that differs in a way that changes the run is refused
+            unless its keys are in ``accept_changes`` (:mod:`kmax_deeplab.engine.resume`).
         progress: tqdm bar on rank 0 (else a log line every ``log_period`` steps).
         max_iters: stop early at this step (the schedule still spans ``solver.max_iters``).
         eval_max_images: limit the periodic validation to the first N val images.
@@ -137,17 +140,25 @@ def train_from_config(cfg: Any, *, output_dir: str | Path | None = None, resume:
     Returns:
         The trainer's summary (``iteration``, ``skipped_steps``, ``last_losses``, ``eval``)
         plus ``output_dir``, ``final`` (the exported folder or None) and ``pq_result``.
+
+    Raises:
+        DeviceError: ``solver.device`` does not exist here. ConfigError: refused resume
+        changes. Builder errors (model, data) come before the run folder is created.
     """
     from kmax_deeplab.config import config_to_dict, save_config
+    from kmax_deeplab.config.validate import check_device
+    from kmax_deeplab.engine.resume import check_fresh_run_folder, clean_run_folder, prepare_resume
     from kmax_deeplab.engine.trainer import Trainer
 
     setup_console_logging()
     out = Path(output_dir or cfg.solver.output_dir)
-    dist = init_distributed(getattr(cfg.solver, "device", "auto"))
+    if not resume:
+        check_fresh_run_folder(out)  # never mix two runs in one folder
+    device = getattr(cfg.solver, "device", "auto")
+    if device != "auto":
+        check_device(device, "solver.device")
+    dist = init_distributed(device)
     try:
-        if dist.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, out / "config.yaml")
         solver = cfg.solver
         if solver.amp == "fp16" and dist.device.type != "cuda":
             logger.warning("solver.amp=fp16 (the bytedance recipe) needs CUDA; training on %s in "
@@ -155,14 +166,21 @@ def train_from_config(cfg: Any, *, output_dir: str | Path | None = None, resume:
             solver = dataclasses.replace(solver, amp="none")
         seed_everything(int(cfg.solver.seed))
         parts = build_training(cfg, eval_max_images=eval_max_images)
+        # Only now, with config, model and data checked, is the run folder touched.
+        point = prepare_resume(out, config_to_dict(cfg), accept_changes) if resume else None
+        if dist.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            if resume:
+                clean_run_folder(out, int(point.state["iteration"]) if point else 0)
+            save_config(cfg, out / "config.yaml")
         trainer = Trainer(solver, parts.model, parts.criterion, parts.train_dataset,
                           parts.collate_fn, output_dir=out, dist=dist,
                           prepare_batch=parts.prepare_batch, evaluate_fn=parts.evaluate_fn,
                           config_dict=config_to_dict(cfg), num_workers=int(cfg.data.num_workers),
                           progress=progress, optimizer_factory=parts.optimizer_factory,
                           scheduler_factory=parts.scheduler_factory)
-        if resume:
-            trainer.resume_if_possible()
+        if point is not None:
+            trainer.load_state(point.state, point.path)
         summary = trainer.train(max_iters=max_iters)
         final = None
         if dist.is_main and trainer.iteration >= cfg.solver.max_iters:

@@ -199,6 +199,7 @@ def evaluate_files(
     progress: bool = True,
     backend: str = "hotcoco",
     shard: tuple[int, int] | str | None = None,
+    strict_void: bool = False,
 ) -> dict:
     """Evaluate COCO-panoptic prediction files against GT files.
 
@@ -215,6 +216,9 @@ def evaluate_files(
             process); hotcoco uses its own Rust threads (``RAYON_NUM_THREADS``).
         chunk_size: images per task sent to a worker (``None``: 1-4, so that each
             worker gets at least ~8 tasks and none waits long for the last one).
+        progress: tqdm progress bar over images.
+        strict_void: a prediction listing segment id 0 (VOID in panoptic PNGs) is an error;
+            by default it is scored as a segment, as panopticapi does, with a warning.
         progress: tqdm progress bar over images (``kmax`` backend).
         backend: ``"hotcoco"`` (default: PQ alone is computed by hotcoco, see
             :mod:`~kmax_deeplab.evaluation.hotcoco_backend`) or ``"kmax"`` (ours, the
@@ -245,6 +249,7 @@ def evaluate_files(
     cats = resolve_categories(gt_json, gt_json_file, dataset=dataset, categories=categories,
                               use_train_id=use_train_id)
     pairs = match_annotations(gt_json, pred_json)
+    check_prediction_void_ids(pairs, strict=strict_void)
     num_total = len(pairs)
     if shard is not None:
         i, n = _check_shard(shard)
@@ -393,6 +398,35 @@ def merge_shard_results(shards: Sequence[Mapping]) -> dict:
     out["categories"] = cats
     out["backend"] = "kmax"
     return out
+
+
+def check_prediction_void_ids(pairs: Sequence[tuple[dict, dict]], *, strict: bool = False) -> int:
+    """Find predictions whose ``segments_info`` lists id 0 (VOID in panoptic PNGs).
+
+    panopticapi scores such a segment like any other (deeplab2's own test predictions
+    list one), so by default this only warns, naming the first image; with ``strict``
+    it is an error.
+
+    Returns:
+        The number of such images.
+
+    Raises:
+        PanopticEvaluationError: ``strict`` and some prediction lists id 0.
+    """
+    import warnings
+
+    bad = [gt.get("image_id") for gt, pred in pairs
+           if isinstance(pred.get("segments_info"), list)
+           and any(isinstance(s, dict) and s.get("id") == 0 for s in pred["segments_info"])]
+    if bad and strict:
+        raise PanopticEvaluationError(
+            f"image {bad[0]!r}: predicted segments_info lists id 0, which is VOID in panoptic "
+            f"PNGs ({len(bad)} image(s) in all); give those segments another id")
+    if bad:
+        warnings.warn(f"{len(bad)} prediction(s) list segment id 0 (VOID in panoptic PNGs), e.g. "
+                      f"image {bad[0]!r}; scored as a segment as panopticapi does "
+                      "(--strict-void makes this an error)", UserWarning, stacklevel=3)
+    return len(bad)
 
 
 def _consume(results, total: PanopticEvaluator, bar) -> None:

@@ -67,10 +67,24 @@ def postprocess(output: Mapping[str, Any], *, cfg: Any, is_thing: Sequence[bool]
 
 
 def input_geometry(cfg: Any):
-    """The fixed canvas ``cfg.model.image_size``, mean-grey padding, ``(x - 127.5) / 127.5``."""
-    from kmax_deeplab.geometry import FixedCanvas
+    """The fixed canvas ``cfg.model.image_size``, mean-grey padding, ``(x - 127.5) / 127.5``, and the
+    test-time resize ``data.test_resize`` (``"reference"``: the rule of ``model.reference``) with
+    ``data.test_min_size`` / ``test_max_size`` (-1: that reference's own values for the dataset).
 
-    return FixedCanvas(tuple(int(s) for s in cfg.model.image_size))
+    Raises:
+        ValueError: an unknown ``data.test_resize``.
+    """
+    from kmax_deeplab.geometry import TEST_RESIZE_RULES, FixedCanvas
+
+    data = cfg.data
+    rule = getattr(data, "test_resize", "reference")
+    if rule == "reference":
+        rule = cfg.model.reference
+    if rule not in TEST_RESIZE_RULES:
+        raise ValueError(f"data.test_resize must be 'reference' or one of {TEST_RESIZE_RULES}, got {rule!r}")
+    return FixedCanvas(tuple(int(s) for s in cfg.model.image_size), resize_rule=rule,
+                       min_size=int(getattr(data, "test_min_size", -1)),
+                       max_size=int(getattr(data, "test_max_size", -1)), dataset=str(data.dataset))
 
 
 def check_config(cfg: Any) -> None:
