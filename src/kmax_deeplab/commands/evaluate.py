@@ -9,7 +9,28 @@ import json
 import sys
 
 
+def _run_coco_instances(args: argparse.Namespace) -> int:
+    """``--instances-gt GT.json --instances-results R.json``: pycocotools mask AP."""
+    from kmax_deeplab.evaluation.coco_instances import CocoInstancesError, evaluate_coco_instances
+    from kmax_deeplab.fileio import atomic_write_text
+
+    if not args.instances_results:
+        return _usage_error("--instances-gt needs --instances-results (e.g. kmax predict --task instance output)")
+    try:
+        stats = evaluate_coco_instances(args.instances_gt, args.instances_results)
+    except CocoInstancesError as e:
+        print(f"kmax evaluate: {e}", file=sys.stderr)
+        return 1
+    print("  ".join(f"{k} {v:.1f}" for k, v in stats.items()))
+    if args.output:
+        atomic_write_text(args.output, json.dumps({"segm": stats}, indent=2) + "\n")
+        print(f"results written to {args.output}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "instances_gt", None):
+        return _run_coco_instances(args)
     from kmax_deeplab.evaluation import PanopticEvaluationError, evaluate_files
     from kmax_deeplab.evaluation import report
     from kmax_deeplab.evaluation.panoptic_io import categories_by_id
@@ -144,6 +165,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--gt-json", default=None, help="ground-truth COCO-panoptic JSON (required "
                    "unless --merge)")
+    p.add_argument("--instances-gt", default=None, metavar="INSTANCES_JSON",
+                   help="COCO instances JSON: evaluate --instances-results (COCO results with RLE "
+                        "masks, from kmax predict --task instance) with pycocotools' mask AP instead")
+    p.add_argument("--instances-results", default=None, metavar="RESULTS_JSON",
+                   help="COCO instance results JSON (with --instances-gt)")
     p.add_argument("--gt-folder", default=None,
                    help="folder of ground-truth PNGs (default: --gt-json without .json)")
     p.add_argument("--pred-json", default=None, help="prediction COCO-panoptic JSON (required "

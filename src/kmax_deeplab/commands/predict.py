@@ -61,10 +61,17 @@ def _build_predictor(args: argparse.Namespace):
         return Predictor.from_config(cfg, args.weights, **kwargs)
 
 
+def coco_image_id(path: Path):
+    """COCO image id of a file: ``int(stem)`` for numeric stems (``000000142238.jpg`` -> 142238), else the stem."""
+    return int(path.stem) if path.stem.isdigit() else path.stem
+
+
 def predict_files(predictor, files: Sequence[Path], output: str | Path, *, overlay: bool = True,
                   progress: bool = True, resume: bool = False, overwrite: bool = False,
-                  max_pixels: int | None = None) -> tuple[int, list[str]]:
-    """Predict ``files`` and write ``<stem>.png``, ``<stem>_overlay.jpg`` and ``predictions.json``.
+                  max_pixels: int | None = None, task: str = "panoptic") -> tuple[int, list[str]]:
+    """Predict ``files`` and write ``<stem>.png``, ``<stem>_overlay.jpg`` and ``predictions.json``;
+    with ``task="instance"`` write ``instances_results.json`` (COCO instance results:
+    ``image_id``, ``category_id``, ``score``, RLE ``segmentation``) instead.
 
     Finished work is never lost (:mod:`kmax_deeplab.engine.predict_journal`): each image is
     committed to the folder's journal as soon as its files are written, and
@@ -92,17 +99,22 @@ def predict_files(predictor, files: Sequence[Path], output: str | Path, *, overl
         OSError: the output folder cannot be written (full or read-only disk); the
             predictions finished before it are kept (journal and ``predictions.json``).
     """
+    instances: list[dict] | None = [] if task == "instance" else None
     from tqdm import tqdm
 
     from kmax_deeplab.engine.predict_journal import open_journal
     from kmax_deeplab.engine.predictor import load_image
     from kmax_deeplab.engine.writers import PredictionWriter
 
-    journal = open_journal(output, predictor.meta.categories, overlay=overlay, resume=resume,
-                           overwrite=overwrite)
-    writer = PredictionWriter(output, predictor.meta.categories, overlay=overlay)
-    writer.reserve_stems(journal.stems())
-    todo = [p for p in files if not journal.is_done(p)]
+    if instances is None:
+        journal = open_journal(output, predictor.meta.categories, overlay=overlay, resume=resume,
+                               overwrite=overwrite)
+        writer = PredictionWriter(output, predictor.meta.categories, overlay=overlay)
+        writer.reserve_stems(journal.stems())
+        todo = [p for p in files if not journal.is_done(p)]
+    else:  # instance results are one JSON, written at the end and on any stop
+        journal = writer = None
+        todo = list(files)
     errors: list[str] = []
     done = 0
     bar = tqdm(total=len(files), initial=len(files) - len(todo), unit="img",
@@ -116,7 +128,8 @@ def predict_files(predictor, files: Sequence[Path], output: str | Path, *, overl
             reason = reason[len(f"{path}: "):]  # the path is named once
         msg = f"skipping {path}: {reason}"
         errors.append(msg)
-        journal.record_failure(path, msg)
+        if journal is not None:
+            journal.record_failure(path, msg)
         tqdm.write(f"kmax predict: {msg}", file=sys.stderr)
         bar.update(1)
 
@@ -146,15 +159,30 @@ def predict_files(predictor, files: Sequence[Path], output: str | Path, *, overl
                         i = chunk.index(path)
                         del chunk[i], arrays[i]
             for path, image, pred in zip(chunk, arrays, preds):
-                stem = writer.add(path, image, pred)  # PNG + overlay, atomically
-                journal.commit(path, stem, writer.images[-1], writer.annotations[-1])
+                if instances is not None:
+                    instances += [{"image_id": coco_image_id(path), "category_id": r["category_id"],
+                                   "score": r["score"], "segmentation": r["segmentation"]}
+                                  for r in pred["instances"]]
+                else:
+                    stem = writer.add(path, image, pred)  # PNG + overlay, atomically
+                    journal.commit(path, stem, writer.images[-1], writer.annotations[-1])
                 done += 1
                 bar.update(1)
     finally:
         bar.close()
-        journal.close()
-        if journal.done:
-            journal.write_predictions_json()
+        if journal is not None:
+            journal.close()
+            if journal.done:
+                journal.write_predictions_json()
+        if instances:
+            import json
+
+            from kmax_deeplab.fileio import atomic_path
+
+            out = Path(output) / "instances_results.json"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(out) as tmp:
+                Path(tmp).write_text(json.dumps(instances))
     return done, errors
 
 
@@ -210,9 +238,15 @@ def run(args: argparse.Namespace) -> int:
     # Errors building the predictor (config, weights, zoo) follow the CLI error policy:
     # one line; exit code 2 for config values, 1 for unusable files.
     predictor = _build_predictor(args)
+    if args.task == "instance" and getattr(predictor.cfg.model, "task", "panoptic") != "instance":
+        print(f"kmax predict: --task instance needs an instance model (model.task 'instance', e.g. "
+              f"coco/knet_r50_fpn_1x_instance); this {predictor.cfg.model.meta_architecture!r} model is "
+              f"{getattr(predictor.cfg.model, 'task', 'panoptic')!r}", file=sys.stderr)
+        return 2
     done, errors = predict_files(predictor, files, args.output, overlay=not args.no_overlay,
                                  progress=not args.quiet, resume=args.resume,
-                                 overwrite=args.overwrite, max_pixels=args.max_pixels)
+                                 overwrite=args.overwrite, max_pixels=args.max_pixels,
+                                 task=args.task)
     print(f"kmax predict: wrote {done} prediction(s) to {args.output}"
           + (f"; skipped {len(errors)} unreadable file(s)" if errors else ""), file=sys.stderr)
     return 0 if (done or not errors) else 1
@@ -269,6 +303,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="autocast dtype of the forward pass (post-processing is fp32)")
     p.add_argument("--compile", action="store_true", help="wrap the model in torch.compile")
     p.add_argument("--no-overlay", action="store_true", help="do not write <stem>_overlay.jpg")
+    p.add_argument("--task", choices=("panoptic", "instance"), default="panoptic",
+                   help="panoptic: PNG + predictions.json; instance: instances_results.json (COCO instance "
+                        "results with RLE masks; needs an instance model, e.g. coco/knet_r50_fpn_1x_instance)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--resume", action="store_true",
                    help="continue the run recorded in the output folder's "

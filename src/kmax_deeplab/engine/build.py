@@ -106,8 +106,11 @@ def build_training(cfg: Any, *, eval_max_images: int | None = None, with_eval: b
     if with_eval:
         evaluate = PanopticValidation(cfg, build_dataset(cfg, "val"), max_images=eval_max_images)
     collate = family.input_geometry(cfg).collate(cfg.model.num_classes)
-    return TrainingParts(model, criterion, train_ds, collate,
-                         make_prepare_batch(cfg.model.num_classes, family.mask_stride), evaluate,
+    if family.full_resolution_targets:
+        from kmax_deeplab.engine.trainer import default_prepare_batch as prepare
+    else:
+        prepare = make_prepare_batch(cfg.model.num_classes, family.mask_stride)
+    return TrainingParts(model, criterion, train_ds, collate, prepare, evaluate,
                          optimizer_factory=lambda m: family.build_optimizer(m, cfg),
                          scheduler_factory=lambda opt: family.build_scheduler(opt, cfg))
 

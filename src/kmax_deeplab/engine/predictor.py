@@ -92,6 +92,12 @@ def dataset_meta(cfg: Any):
     from kmax_deeplab.data.catalog import get_dataset_meta
 
     meta = get_dataset_meta(cfg.data.dataset)
+    if getattr(cfg.model, "task", "panoptic") == "instance" and meta.num_classes != cfg.model.num_classes:
+        # an instance model predicts the thing classes only, in their train-id order (K-Net)
+        from kmax_deeplab.data.catalog import meta_from_categories
+
+        meta = meta_from_categories(f"{meta.name}_things", [c for c in meta.categories if c["isthing"]],
+                                    label_divisor=meta.label_divisor, ignore_label=meta.ignore_label)
     if meta.num_classes != cfg.model.num_classes:
         raise ValueError(f"config: model.num_classes={cfg.model.num_classes} but dataset "
                          f"{cfg.data.dataset!r} has {meta.num_classes} classes; set data.dataset "

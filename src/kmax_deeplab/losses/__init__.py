@@ -16,7 +16,8 @@ from .criterion import (
 )
 from .instance_discrimination import instance_discrimination_loss
 from .mask_id import mask_id_cross_entropy
-from .matching import HungarianMatcher, ImageMatch, class_similarity, mask_similarity
+from .knet import KNetCriterion, build_knet_criterion
+from .matching import HungarianMatcher, ImageMatch, class_similarity, linear_assignment, mask_similarity
 from .pq_style import pq_class_loss, pq_dice_loss
 from .semantic import semantic_loss
 
@@ -31,12 +32,15 @@ __all__ = [
     "HungarianMatcher",
     "ImageMatch",
     "KMaXCriterion",
+    "KNetCriterion",
     "MatchedTargets",
     "build_criterion",
+    "build_knet_criterion",
     "build_matched_targets",
     "class_similarity",
     "gumbel_topk_sample",
     "instance_discrimination_loss",
+    "linear_assignment",
     "mask_id_cross_entropy",
     "mask_similarity",
     "mean_over_nonzero",

@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping
 from torch import nn
 
 from kmax_deeplab.modeling.kmax.family import KMAX
+from kmax_deeplab.modeling.knet.family import KNET
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,9 @@ class Family:
         mask_activation: ``"softmax"`` (masks compete per pixel) or ``"sigmoid"``.
         mask_stride: output stride of ``pred_masks`` relative to the input (targets are
             built at it).
+        full_resolution_targets: the criterion takes the collated full-resolution targets
+            (``masks``, ``labels``, ``is_crowd``, ``void``) instead of the stride-subsampled
+            ones (K-Net resizes them bilinearly itself).
     """
 
     name: str
@@ -76,11 +80,13 @@ class Family:
     class_activation: str = "softmax_void"
     mask_activation: str = "softmax"
     mask_stride: int = 4
+    full_resolution_targets: bool = False
 
 
 #: ``meta_architecture`` -> :class:`Family`. MaX-DeepLab and K-Net add their rows here.
 FAMILIES: dict[str, Family] = {
     "kmax": Family(**KMAX),
+    "knet": Family(**KNET),
 }
 
 
