@@ -265,6 +265,22 @@ def run(args: argparse.Namespace) -> int:
     return 0 if (done or not errors) else 1
 
 
+class _IntermixedParser(argparse.ArgumentParser):
+    """Parses positionals mixed with options (``IMAGES --output DIR key=value``), as
+    ``parse_intermixed_args`` does, also when reached as a sub-command."""
+
+    _intermixed = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._intermixed:  # parse_known_intermixed_args calls back in here
+            return super().parse_known_args(args, namespace)
+        self._intermixed = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixed = False
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "predict", help="panoptic predictions for images/folders (COCO-panoptic PNG + JSON)",
@@ -318,4 +334,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-pixels", type=int, default=None, metavar="N",
                    help="skip images with more than N pixels (width x height) before decoding "
                         "them (default: 89478485, Pillow's decompression-bomb limit)")
+    p.__class__ = _IntermixedParser  # images and key=value overrides may follow the options
     p.set_defaults(func=run)

@@ -13,7 +13,7 @@ The generic part is :class:`SetCriterion`: loss terms looked up by name in a tab
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence
+from typing import Callable, Dict, Mapping, NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor, nn

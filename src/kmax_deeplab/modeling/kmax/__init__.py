@@ -1,5 +1,15 @@
-"""kMaX-DeepLab (Yu et al., ECCV 2022): pixel decoder, k-means transformer decoder, model."""
+"""kMaX-DeepLab (Yu et al., ECCV 2022): pixel decoder, k-means transformer decoder, model.
 
+The heads it shares with MaX-DeepLab (predictor, query self-attention, ASPP and the auxiliary
+semantic decoder) live in ``modeling/heads/``; they are re-exported here.
+"""
+
+import sys as _sys
+
+from kmax_deeplab.modeling.heads import predictor as _predictor
+from kmax_deeplab.modeling.heads import semantic_head as _semantic_head
+from kmax_deeplab.modeling.heads.predictor import KMaXPredictor, void_logit_offset
+from kmax_deeplab.modeling.heads.semantic_head import AuxSemanticDecoder, AuxSemanticHead
 from kmax_deeplab.modeling.kmax.model import (
     KMaXDeepLab,
     ReferenceBehaviour,
@@ -8,8 +18,6 @@ from kmax_deeplab.modeling.kmax.model import (
     reference_behaviour,
 )
 from kmax_deeplab.modeling.kmax.pixel_decoder import KMaXPixelDecoder, PixelDecoderOutput
-from kmax_deeplab.modeling.kmax.predictor import KMaXPredictor, void_logit_offset
-from kmax_deeplab.modeling.kmax.semantic_head import AuxSemanticDecoder, AuxSemanticHead
 from kmax_deeplab.modeling.kmax.transformer_decoder import (
     KMaXTransformerDecoder,
     KMaXTransformerLayer,
@@ -34,3 +42,9 @@ __all__ = [
     "reference_behaviour",
     "void_logit_offset",
 ]
+
+# The shared heads moved to modeling/heads/ (issue 10); their old module paths keep working.
+_sys.modules.setdefault(__name__ + ".predictor", _predictor)
+_sys.modules.setdefault(__name__ + ".semantic_head", _semantic_head)
+predictor = _predictor
+semantic_head = _semantic_head

@@ -13,8 +13,8 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from kmax_deeplab.modeling.heads.semantic_head import AuxSemanticDecoder, AuxSemanticHead
 from kmax_deeplab.modeling.kmax.pixel_decoder import KMaXPixelDecoder, deeplab2_decoder_atrous_rate
-from kmax_deeplab.modeling.kmax.semantic_head import AuxSemanticDecoder, AuxSemanticHead
 from kmax_deeplab.modeling.kmax.transformer_decoder import KMaXTransformerDecoder
 from kmax_deeplab.modeling.layers.sync_bn import convert_sync_batchnorm  # noqa: F401  (re-export)
 from kmax_deeplab.modeling.outputs import MaskTransformerOutput

@@ -22,27 +22,7 @@ from kmax_deeplab.modeling.layers.axial_attention import AxialAttention2d
 from kmax_deeplab.modeling.layers.conv_norm import ConvNormAct
 from kmax_deeplab.modeling.layers.drop_path import DropPath
 from kmax_deeplab.modeling.layers.norm import LayerNorm2d
-
-ALIGN_CORNERS_RULES = ("bytedance", "always")
-
-
-def resize_align_corners(source_width: int, rule: str = "bytedance") -> bool:
-    """The ``align_corners`` flag of a bilinear resize whose source is ``source_width`` wide.
-
-    bytedance (BD) switches align_corners on only when the *source* width is odd; deeplab2
-    (``rule="always"``) always aligns corners. With a 32k+1 canvas every map is odd except
-    the stride-32 one when k is odd (e.g. 97 -> 4), so the rules differ only there: the
-    stride-32 -> 16 fuse and the aux semantic decoder's upsamplings.
-
-    Raises:
-        ValueError: unknown ``rule``.
-    """
-    if rule == "bytedance":
-        return source_width % 2 == 1
-    if rule == "always":
-        return True
-    raise ValueError(f"align_corners rule must be one of {ALIGN_CORNERS_RULES}, got {rule!r}")
-
+from kmax_deeplab.modeling.layers.resize import ALIGN_CORNERS_RULES, resize_align_corners  # noqa: F401  (re-export)
 
 def deeplab2_decoder_atrous_rate(original_resnet_input_stride: int = 32, output_stride: int = 16) -> int:
     """Atrous rate of the 3×3 convs in deeplab2's kMaX pixel-decoder blocks.

@@ -1,4 +1,4 @@
-"""Auxiliary semantic predictors, used in training only (spec §1.5).
+"""Auxiliary semantic predictors, used in training only (kMaX spec §1.5; shared with MaX-DeepLab).
 
 * :class:`AuxSemanticDecoder` (COCO, ADE20K): a Panoptic-DeepLab single decoder on the raw
   backbone res5 / res3 / res2 (ASPP, two low-level fusions) plus a head to C+1 classes.
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kmax_deeplab.modeling.kmax.pixel_decoder import resize_align_corners
+from kmax_deeplab.modeling.layers.resize import resize_align_corners
 from kmax_deeplab.modeling.layers.conv_norm import ConvNormAct
 
 

@@ -1,4 +1,5 @@
-"""kMaX predictor: class logits, mask logits and pixel features (spec §1.4).
+"""Mask-transformer predictor head: class logits, mask logits and pixel features (kMaX spec §1.4;
+MaX-DeepLab has the same heads).
 
 Seven instances per model: one inside each transformer layer (its mask logits drive the
 k-means assignment and give the auxiliary outputs) and the final one on the stride-4
