@@ -31,22 +31,23 @@ class ASPP(nn.Module):
         rates: dilation rates of the 3×3 branches (6, 12, 18).
         dropout: dropout after the projection (0.1).
         norm: batch-norm kind.
+        act: activation of every conv-BN (``"gelu"`` kMaX, ``"relu"`` MaX-DeepLab).
 
     Note: the pooling branch's BN sees one value per channel and image, so training
     needs more than one image per BN (batch >= 2 per device, or SyncBN across devices).
     """
 
     def __init__(self, in_channels: int, channels: int = 256, rates: Sequence[int] = (6, 12, 18), *,
-                 dropout: float = 0.1, norm: str = "BN") -> None:
+                 dropout: float = 0.1, norm: str = "BN", act: str = "gelu") -> None:
         super().__init__()
         if len(rates) != 3:
             raise ValueError(f"ASPP needs three atrous rates, got {list(rates)}")
-        self._aspp_conv0 = ConvNormAct(in_channels, channels, 1, norm=norm, act="gelu")
-        self._aspp_conv1 = ConvNormAct(in_channels, channels, 3, dilation=rates[0], norm=norm, act="gelu")
-        self._aspp_conv2 = ConvNormAct(in_channels, channels, 3, dilation=rates[1], norm=norm, act="gelu")
-        self._aspp_conv3 = ConvNormAct(in_channels, channels, 3, dilation=rates[2], norm=norm, act="gelu")
-        self._aspp_pool = ConvNormAct(in_channels, channels, 1, norm=norm, act="gelu")
-        self._proj_conv_bn_act = ConvNormAct(5 * channels, channels, 1, norm=norm, act="gelu")
+        self._aspp_conv0 = ConvNormAct(in_channels, channels, 1, norm=norm, act=act)
+        self._aspp_conv1 = ConvNormAct(in_channels, channels, 3, dilation=rates[0], norm=norm, act=act)
+        self._aspp_conv2 = ConvNormAct(in_channels, channels, 3, dilation=rates[1], norm=norm, act=act)
+        self._aspp_conv3 = ConvNormAct(in_channels, channels, 3, dilation=rates[2], norm=norm, act=act)
+        self._aspp_pool = ConvNormAct(in_channels, channels, 1, norm=norm, act=act)
+        self._proj_conv_bn_act = ConvNormAct(5 * channels, channels, 1, norm=norm, act=act)
         self._proj_drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -79,6 +80,8 @@ class AuxSemanticDecoder(nn.Module):
             ConvNeXt behaviour; bytedance passes the raw features).
         norm: batch-norm kind.
         align_corners: ``"bytedance"`` (on iff the stride-32 width is odd) or ``"always"`` (deeplab2).
+        act: activation of every conv-BN (``"gelu"`` kMaX, ``"relu"`` MaX-DeepLab); also the
+            one ``activate_low_level`` applies.
     """
 
     def __init__(
@@ -93,29 +96,32 @@ class AuxSemanticDecoder(nn.Module):
         activate_low_level: bool = False,
         norm: str = "BN",
         align_corners: str = "bytedance",
+        act: str = "gelu",
     ) -> None:
         super().__init__()
         resize_align_corners(1, align_corners)  # validate the rule
         self.align_corners = align_corners
         os8, os4 = low_level_channels
         self.activate_low_level = activate_low_level
-        self._aspp = ASPP(res5_channels, channels, (6, 12, 18), norm=norm)
-        self._low_level_projection_os8 = ConvNormAct(res3_channels, os8, 1, norm=norm, act="gelu")
+        self.act = act
+        self._aspp = ASPP(res5_channels, channels, (6, 12, 18), norm=norm, act=act)
+        self._low_level_projection_os8 = ConvNormAct(res3_channels, os8, 1, norm=norm, act=act)
         self._low_level_fusion_os8_conv0_bn_act = ConvNormAct(
-            channels + os8, channels + os8, 5, depthwise=True, norm=norm, act="gelu")
-        self._low_level_fusion_os8_conv1_bn_act = ConvNormAct(channels + os8, channels, 1, norm=norm, act="gelu")
-        self._low_level_projection_os4 = ConvNormAct(res2_channels, os4, 1, norm=norm, act="gelu")
+            channels + os8, channels + os8, 5, depthwise=True, norm=norm, act=act)
+        self._low_level_fusion_os8_conv1_bn_act = ConvNormAct(channels + os8, channels, 1, norm=norm, act=act)
+        self._low_level_projection_os4 = ConvNormAct(res2_channels, os4, 1, norm=norm, act=act)
         self._low_level_fusion_os4_conv0_bn_act = ConvNormAct(
-            channels + os4, channels + os4, 5, depthwise=True, norm=norm, act="gelu")
-        self._low_level_fusion_os4_conv1_bn_act = ConvNormAct(channels + os4, channels, 1, norm=norm, act="gelu")
-        self.conv_block_0 = ConvNormAct(channels, channels, 5, depthwise=True, norm=norm, act="gelu")
-        self.conv_block_1 = ConvNormAct(channels, channels, 1, norm=norm, act="gelu")
+            channels + os4, channels + os4, 5, depthwise=True, norm=norm, act=act)
+        self._low_level_fusion_os4_conv1_bn_act = ConvNormAct(channels + os4, channels, 1, norm=norm, act=act)
+        self.conv_block_0 = ConvNormAct(channels, channels, 5, depthwise=True, norm=norm, act=act)
+        self.conv_block_1 = ConvNormAct(channels, channels, 1, norm=norm, act=act)
         self.final_conv = ConvNormAct(channels, num_outputs, 1, bias=True, norm="none", init_std=0.01)
 
     def forward(self, res5: Tensor, res3: Tensor, res2: Tensor) -> Tensor:
         """``res5 [B, D5, h/8, w/8]``, ``res3 [B, D3, h/2, w/2]``, ``res2 [B, D2, h, w]`` -> ``[B, C+1, h, w]``."""
         if self.activate_low_level:
-            res3, res2 = F.gelu(res3), F.gelu(res2)
+            f = F.gelu if self.act == "gelu" else F.relu
+            res3, res2 = f(res3), f(res2)
         x = self._aspp(res5)
         # BD decides once, from the stride-32 width, for both upsamplings.
         ac = resize_align_corners(x.shape[-1], self.align_corners)
@@ -142,12 +148,14 @@ class AuxSemanticHead(nn.Sequential):
         num_outputs: C.
         channels: hidden width (256).
         norm: batch-norm kind.
+        act: activation (``"gelu"`` kMaX, ``"relu"`` MaX-DeepLab's head on a stride-4 feature).
     """
 
-    def __init__(self, res5_channels: int, num_outputs: int, *, channels: int = 256, norm: str = "BN") -> None:
+    def __init__(self, res5_channels: int, num_outputs: int, *, channels: int = 256, norm: str = "BN",
+                 act: str = "gelu") -> None:
         super().__init__(
-            ConvNormAct(res5_channels, res5_channels, 5, depthwise=True, norm=norm, act="gelu"),
-            ConvNormAct(res5_channels, channels, 1, norm=norm, act="gelu"),
+            ConvNormAct(res5_channels, res5_channels, 5, depthwise=True, norm=norm, act=act),
+            ConvNormAct(res5_channels, channels, 1, norm=norm, act=act),
             ConvNormAct(channels, num_outputs, 1, bias=True, norm="none", init_std=0.01),
         )
 
