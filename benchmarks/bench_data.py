@@ -27,7 +27,7 @@ from kmax_deeplab.data.loader import build_dataloader
 from kmax_deeplab.data.synthetic import write_synthetic_dataset
 from kmax_deeplab.data.transforms import LargeScaleJitter, build_transforms
 
-SHARED = Path(os.environ.get("KMAX_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+TEST_DATA = Path(__file__).resolve().parents[1] / "tests" / "data"  # committed samples, see SOURCES.md
 
 
 class Repeat(torch.utils.data.Dataset):
@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     args = ap.parse_args()
     torch.set_num_threads(1)
-    sd = SHARED / "data" / "coco_panoptic_panopticapi_sample" / "sample_data"
+    sd = TEST_DATA / "coco_panoptic_panopticapi_sample" / "sample_data"
 
     def bd(crop, lo, hi, valid):
         return build_transforms(SimpleNamespace(crop_size=crop, min_scale=lo, max_scale=hi, flip=True,

@@ -1,24 +1,29 @@
-"""Shared test fixtures: paths to the real sample data in ``../shared/data``."""
+"""Shared test fixtures: paths to the real sample data committed in ``tests/data``.
+
+Everything a test reads lives inside the repository (``tests/data/SOURCES.md`` gives each
+file's source, commit and licence), so the suite runs from a plain clone with nothing beside it.
+"""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("KMAX_SHARED", REPO.parent / "shared"))
-SHARED_DATA = SHARED / "data"
-COCO_SAMPLE = SHARED_DATA / "coco_panoptic_panopticapi_sample"
-PQ_TESTDATA = SHARED_DATA / "pq_gt_pred_deeplab_testdata"
-CITYSCAPES_SAMPLE = SHARED_DATA / "cityscapes_panoptic_format_deeplab2_dummy"
-CHECKPOINT_LAYOUTS = SHARED / "specs" / "checkpoint_layouts"
+TEST_DATA = REPO / "tests" / "data"
+COCO_SAMPLE = TEST_DATA / "coco_panoptic_panopticapi_sample"
+PQ_TESTDATA = TEST_DATA / "pq_gt_pred_deeplab_testdata"
+CITYSCAPES_SAMPLE = TEST_DATA / "cityscapes_panoptic_format_deeplab2_dummy"
+#: The three real panoptic sample sets (COCO, DeepLab PQ test data, Cityscapes).
+SAMPLE_SETS = (COCO_SAMPLE, PQ_TESTDATA, CITYSCAPES_SAMPLE)
+CHECKPOINT_LAYOUTS = TEST_DATA / "checkpoint_layouts"
 
 
 def _require(path: Path) -> Path:
     if not path.exists():
-        raise FileNotFoundError(f"test data {path} is missing: the repo expects ../shared beside it")
+        raise FileNotFoundError(f"test data {path} is missing: it is committed under tests/data "
+                                "(see tests/data/SOURCES.md); is the checkout complete?")
     return path
 
 

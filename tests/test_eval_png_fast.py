@@ -13,7 +13,7 @@ from PIL import Image
 from kmax_deeplab.evaluation import PanopticEvaluationError, png_fast, read_panoptic_png
 from kmax_deeplab.evaluation.png_fast import decode_panoptic_png_ids
 
-from conftest import SHARED_DATA
+from conftest import SAMPLE_SETS, TEST_DATA
 
 BACKENDS = ["libdeflate+libspng", "zlib+libspng", "libdeflate+pillow", "zlib+pillow"]
 
@@ -99,14 +99,14 @@ def panoptic_like(rng, h, w, bpp, noise=0.02):
 
 
 # ----------------------------------------------------------------- parity
-SHARED_PNGS = sorted(str(p.relative_to(SHARED_DATA)) for p in SHARED_DATA.rglob("*.png"))
+SAMPLE_PNGS = sorted(str(p.relative_to(TEST_DATA)) for root in SAMPLE_SETS for p in root.rglob("*.png"))
 
 
-@pytest.mark.parametrize("rel", SHARED_PNGS)
+@pytest.mark.parametrize("rel", SAMPLE_PNGS)
 def test_real_pngs_match_pillow(rel, backend):
-    data = (SHARED_DATA / rel).read_bytes()
+    data = (TEST_DATA / rel).read_bytes()
     ids = decode_panoptic_png_ids(data)
-    with Image.open(SHARED_DATA / rel) as img:
+    with Image.open(TEST_DATA / rel) as img:
         handled = img.mode in ("RGB", "RGBA")
     if not handled:  # e.g. the 2-channel (LA) COCO examples: Pillow's business
         assert ids is None
@@ -114,8 +114,8 @@ def test_real_pngs_match_pillow(rel, backend):
     assert ids is not None, f"{rel}: the fast path should handle an 8-bit {img.mode} PNG"
     assert ids.dtype == np.uint32
     np.testing.assert_array_equal(ids, pillow_ids(data))
-    np.testing.assert_array_equal(read_panoptic_png(SHARED_DATA / rel),
-                                  read_panoptic_png(SHARED_DATA / rel, fast=False))
+    np.testing.assert_array_equal(read_panoptic_png(TEST_DATA / rel),
+                                  read_panoptic_png(TEST_DATA / rel, fast=False))
 
 
 @pytest.mark.parametrize("bpp", [3, 4])
@@ -227,8 +227,8 @@ def test_missing_file_message(tmp_path):
         read_panoptic_png(tmp_path / "nope.png", image_id=7)
 
 
-def test_shared_data_has_rgb_pngs():
+def test_sample_data_has_rgb_pngs():
     # Guard: the parity test above must see real panoptic PNGs that the fast path decodes
     # (COCO examples, DeepLab PQ test data, Cityscapes).
-    handled = [rel for rel in SHARED_PNGS if decode_panoptic_png_ids((SHARED_DATA / rel).read_bytes()) is not None]
+    handled = [rel for rel in SAMPLE_PNGS if decode_panoptic_png_ids((TEST_DATA / rel).read_bytes()) is not None]
     assert len(handled) >= 10, handled

@@ -1,7 +1,7 @@
 """Randomised parity with the official panopticapi per-image core.
 
 Predictions (and some ground truths) are built from the REAL ground truth in
-../shared/data by perturbation: merge, split, erode, dilate, drop, relabel, shift,
+tests/data by perturbation: merge, split, erode, dilate, drop, relabel, shift,
 segments on crowd and VOID regions, id 0 used as a real predicted segment, extra
 crowd segments of one category (panopticapi remembers only the last), and GT that
 lists id 0 (which we reject, see below). Every case is evaluated by panopticapi-lite's ``pq_compute_single_core``
@@ -25,7 +25,7 @@ from kmax_deeplab.evaluation import PanopticEvaluationError, PanopticQualityAccu
 NUM_CASES = 300
 
 
-def _sources(shared_data: Path):
+def _sources(test_data: Path):
     """(categories, [(gt ids, segments_info)]) per real GT set."""
     out = []
     for folder, json_name, png_dir, cat_file in (
@@ -35,7 +35,7 @@ def _sources(shared_data: Path):
         ("cityscapes_panoptic_format_deeplab2_dummy", "gtFine/cityscapes_panoptic_dummy_trainId.json",
          "gtFine/cityscapes_panoptic_dummy_trainId", "panoptic_cityscapes_categories.json"),
     ):
-        root = shared_data / folder
+        root = test_data / folder
         data = json.loads((root / json_name).read_text())
         if cat_file:  # Cityscapes trainId data: category id = position in the list
             cats = [dict(c, id=i) for i, c in enumerate(json.loads((root / cat_file).read_text()))]

@@ -20,7 +20,7 @@ Anything else (other bit depths or colour types, interlacing, an unknown chunk,
 a bad CRC or stream, a size mismatch, Pillow's decompression-bomb limit) returns
 ``None`` so that the caller falls back to Pillow for the whole file: results, and
 errors, stay those of Pillow. Equality with Pillow is tested on the real PNGs in
-``shared/data`` and on synthetic images with every filter type, for each
+``tests/data`` and on synthetic images with every filter type, for each
 combination of accelerators.
 """
 
