@@ -3,6 +3,7 @@
 from .common import gumbel_topk_sample, mean_over_nonzero, sampling_logits
 from .criterion import TERMS, KMaXCriterion, MatchedTargets, build_criterion, build_matched_targets
 from .instance_discrimination import instance_discrimination_loss
+from .max_deeplab import MAX_TERMS, MAX_WEIGHTS, MaXCriterion, max_instance_discrimination_loss
 from .mask_id import mask_id_cross_entropy
 from .matching import HungarianMatcher, ImageMatch, class_similarity, mask_similarity
 from .pq_style import pq_class_loss, pq_dice_loss
@@ -13,6 +14,10 @@ __all__ = [
     "HungarianMatcher",
     "ImageMatch",
     "KMaXCriterion",
+    "MAX_TERMS",
+    "MAX_WEIGHTS",
+    "MaXCriterion",
+    "max_instance_discrimination_loss",
     "MatchedTargets",
     "build_criterion",
     "build_matched_targets",
