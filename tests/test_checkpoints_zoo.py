@@ -19,6 +19,7 @@ from kmax_deeplab.checkpoints import zoo
 from kmax_deeplab.checkpoints.deeplab2_tf import convert_deeplab2, tf_class_order
 from kmax_deeplab.checkpoints.native import load_native
 from kmax_deeplab.checkpoints.table import CheckpointMismatchError
+from kmax_deeplab.modeling import families
 
 NAME = "kmax_r50_coco_bd"
 
@@ -38,12 +39,27 @@ def server(tmp_path):
     thread.join(timeout=5)
 
 
+def shapes_module(shapes):
+    """An ``nn.Module`` whose state dict has exactly ``shapes`` (dotted name -> shape)."""
+    root = torch.nn.Module()
+    for name, shape in shapes.items():
+        *path, leaf = name.split(".")
+        node = root
+        for part in path:
+            if not hasattr(node, part):
+                node.add_module(part, torch.nn.Module())
+            node = getattr(node, part)
+        node.register_buffer(leaf, torch.zeros(shape))
+    return root
+
+
 @pytest.fixture()
 def small_bd(checkpoint_layouts, monkeypatch):
-    """A small BD state dict and a zoo target override with exactly its names/shapes."""
+    """A small BD state dict; kMaX's family row builds a target with exactly its names/shapes."""
     bd = {k: v for k, v in random_bd_state(checkpoint_layouts, "r50").items() if v.numel() < 5000}
     shapes = {bd_name_to_ours(k): tuple(v.shape) for k, v in bd.items()}
-    monkeypatch.setattr(zoo, "_TARGET_OVERRIDE", lambda cfg: shapes)
+    row = dataclasses.replace(families.FAMILIES["kmax"], build_model=lambda cfg: shapes_module(shapes))
+    monkeypatch.setitem(families.FAMILIES, "kmax", row)
     return bd
 
 

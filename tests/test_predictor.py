@@ -10,10 +10,13 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-import kmax_deeplab.modeling.kmax as kmax_pkg
+import dataclasses
+
+from kmax_deeplab import build_model
 from kmax_deeplab.checkpoints.native import save_native
 from kmax_deeplab.config import apply_overrides, get_preset
 from kmax_deeplab.engine.predictor import Predictor, fit_size, load_image, preprocess
+from kmax_deeplab.modeling import families
 from predict_fakes import BrightnessModel, small_meta
 
 CANVAS = 65
@@ -119,12 +122,14 @@ def test_unreadable_file_is_named(tmp_path):
 
 @pytest.fixture
 def fake_build(monkeypatch):
-    monkeypatch.setattr(kmax_pkg, "build_kmax", lambda model_cfg: BrightnessModel(
-        image_size=tuple(model_cfg.image_size)), raising=False)
+    """A family row ``brightness``: kMaX's parts, but the model is the brightness fake."""
+    row = dataclasses.replace(families.FAMILIES["kmax"], name="brightness",
+                              build_model=lambda cfg: BrightnessModel(image_size=tuple(cfg.model.image_size)))
+    monkeypatch.setitem(families.FAMILIES, "brightness", row)
 
 
 def test_from_config_loads_native_folder_and_safetensors(tmp_path, fake_build):
-    cfg = tiny_cfg()
+    cfg = apply_overrides(tiny_cfg(), ["model.meta_architecture=brightness"])
     model = BrightnessModel(image_size=(CANVAS, CANVAS))
     with torch.no_grad():
         model.scale.fill_(-1.0)  # swaps bright and dark: visible in the prediction
@@ -142,12 +147,13 @@ def test_from_config_loads_native_folder_and_safetensors(tmp_path, fake_build):
 
 
 def test_weights_that_do_not_fit_are_rejected_with_the_keys(tmp_path, fake_build):
+    cfg = apply_overrides(tiny_cfg(), ["model.meta_architecture=brightness"])
     save_file({"scale": torch.ones(()), "extra.weight": torch.ones(2)}, str(tmp_path / "w.safetensors"))
     with pytest.raises(ValueError, match=r"w.safetensors.*missing: class_logits.*unexpected: extra"):
-        Predictor.from_config(tiny_cfg(), tmp_path / "w.safetensors", meta=small_meta())
+        Predictor.from_config(cfg, tmp_path / "w.safetensors", meta=small_meta())
     (tmp_path / "w.pth").write_bytes(b"x")
     with pytest.raises(ValueError, match="w.pth.*kmax convert"):
-        Predictor.from_config(tiny_cfg(), tmp_path / "w.pth", meta=small_meta())
+        Predictor.from_config(cfg, tmp_path / "w.pth", meta=small_meta())
 
 
 @pytest.mark.slow
@@ -176,7 +182,7 @@ def test_channels_last_gives_the_same_prediction():
         "postprocess.thing_threshold=0.0", "postprocess.stuff_threshold=0.0",
         "postprocess.overlap_threshold=0.0", "postprocess.pixel_confidence_threshold=0.1"])
     torch.manual_seed(0)
-    model = kmax_pkg.build_kmax(cfg.model)
+    model = build_model(cfg)
     image = np.random.default_rng(1).integers(0, 256, (77, 101, 3), dtype=np.uint8)
     fast = Predictor(model, cfg, channels_last=True)
     assert fast.model.backbone.stem.conv1.weight.is_contiguous(memory_format=torch.channels_last)

@@ -63,3 +63,24 @@ def load_native(directory: str | Path, device: str | torch.device = "cpu") -> tu
     except Exception as e:  # safetensors raises its own error types
         raise ValueError(f"{weights}: cannot read safetensors weights ({e})") from None
     return cfg, state
+
+
+def load_state_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Strictly load ``state`` into ``model``; the error names ``source`` and the keys.
+
+    Raises:
+        ValueError: missing keys, unexpected keys or another shape (first 20 of each, a count).
+    """
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        def fmt(keys):
+            return ", ".join(keys[:20]) + (f" ... ({len(keys)} in all)" if len(keys) > 20 else "")
+        parts = [f"{len(missing)} missing: {fmt(missing)}" if missing else "",
+                 f"{len(unexpected)} unexpected: {fmt(unexpected)}" if unexpected else "",
+                 f"{len(wrong)} with another shape: {fmt(wrong)}" if wrong else ""]
+        raise ValueError(f"{source}: weights do not fit the model built from the config ("
+                         + "; ".join(p for p in parts if p) + ")")
+    model.load_state_dict(dict(state), strict=True)

@@ -190,7 +190,8 @@ def convert_file(src: Path, dst: Path, *, source: str, preset: str, strict: bool
             or an ImageNet backbone file (``imagenet``; only the backbone is replaced,
             the rest of the model keeps its initialisation).
         dst: output folder; written only after a successful conversion (atomic rename).
-        source: ``deeplab2``, ``detectron2`` or ``imagenet``.
+        source: an importer of the config's model family (its ``importers`` in the family
+            table; kMaX: ``deeplab2``, ``detectron2`` or ``imagenet``).
         preset: config preset (or YAML path) that builds the target model.
         strict: see the converters.
 
@@ -199,25 +200,15 @@ def convert_file(src: Path, dst: Path, *, source: str, preset: str, strict: bool
     """
     from kmax_deeplab.checkpoints.native import save_native
     from kmax_deeplab.config import load_config
+    from kmax_deeplab.modeling.families import family_of
 
     cfg = load_config(preset)
-    model = _build_target_from_cfg(cfg)
-    if source == "deeplab2":
-        from kmax_deeplab.checkpoints.deeplab2_tf import load_deeplab2_checkpoint
-
-        sd = load_deeplab2_checkpoint(src, model, dataset=cfg.data.dataset, num_classes=cfg.model.num_classes,
-                                      backbone=cfg.model.backbone, strict=strict)
-    elif source == "detectron2":
-        from kmax_deeplab.checkpoints.detectron2 import load_detectron2_checkpoint
-
-        sd = load_detectron2_checkpoint(src, model, strict=strict)
-    elif source == "imagenet":
-        from kmax_deeplab.checkpoints.imagenet import load_imagenet_backbone
-
-        load_imagenet_backbone(src, model.backbone, strict=strict)
-        sd = model.state_dict()
-    else:
-        raise ValueError(f"unknown checkpoint source {source!r} (deeplab2, detectron2, imagenet)")
+    family = family_of(cfg)
+    importer = family.importers.get(source)
+    if importer is None:
+        raise ValueError(f"model family {family.name!r} has no {source!r} checkpoint importer "
+                         f"(it has: {', '.join(sorted(family.importers)) or 'none'})")
+    sd = importer(src, family.build_model(cfg), cfg, strict=strict)
     meta = {"source": source, "original": Path(src).name, **(metadata or {})}
     dst = Path(dst)
     if dst.exists():
@@ -231,19 +222,6 @@ def convert_file(src: Path, dst: Path, *, source: str, preset: str, strict: bool
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return dst
-
-
-def _build_target_from_cfg(cfg):
-    """The model a checkpoint is converted into (its names and shapes)."""
-    if _TARGET_OVERRIDE is not None:
-        return _TARGET_OVERRIDE(cfg)
-    from kmax_deeplab.modeling.kmax import build_kmax
-
-    return build_kmax(cfg.model)
-
-
-# Tests replace this with a function cfg -> target (module or name -> shape).
-_TARGET_OVERRIDE = None
 
 
 def get_zoo_checkpoint(name: str, *, cache_dir: str | Path | None = None, url: str | None = None,

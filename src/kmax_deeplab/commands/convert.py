@@ -28,6 +28,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _importer_list() -> str:
+    from kmax_deeplab.modeling.families import FAMILIES
+
+    return "; ".join(f"{name}: {', '.join(sorted(f.importers))}" for name, f in sorted(FAMILIES.items()))
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "convert", prog="kmax convert", help="convert official/foreign checkpoints to the native format",
@@ -35,8 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "into a native folder (model.safetensors + config.yaml). Strict by default: every "
                     "checkpoint tensor must be used and every model entry produced.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--from", dest="source", required=True, choices=("deeplab2", "detectron2", "imagenet"),
-                   help="checkpoint layout: deeplab2 = TF prefix, .index file or unpacked archive folder; "
+    p.add_argument("--from", dest="source", required=True, metavar="SOURCE",
+                   help="checkpoint layout, one of the model family's importers (" + _importer_list() + "). "
+                        "kMaX: deeplab2 = TF prefix, .index file or unpacked archive folder; "
                         "detectron2 = bytedance/COCONut .pth or .pkl; imagenet = torchvision/detectron2 R-50 "
                         "or FB/timm ConvNeXt backbone file (only the backbone is set)")
     p.add_argument("src", help="checkpoint file, TF checkpoint prefix, or folder holding one TF checkpoint")

@@ -1,4 +1,4 @@
-"""``kmax info``: versions, accelerators and the available config presets."""
+"""``kmax info``: versions, accelerators, the model families and their config presets."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ def collect_info() -> dict:
     import torch
 
     from kmax_deeplab import __version__
-    from kmax_deeplab.config.presets import list_presets
+    from kmax_deeplab.config.presets import get_preset, list_presets
+    from kmax_deeplab.modeling.families import FAMILIES
 
     cuda = torch.cuda.is_available()
     mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
@@ -29,6 +30,11 @@ def collect_info() -> dict:
         "mps_available": mps,
         "devices": devices,
         "presets": list_presets(),
+        "families": {name: {"description": f.description,
+                            "importers": sorted(f.importers),
+                            "presets": [p for p in list_presets()
+                                        if get_preset(p).model.meta_architecture == name]}
+                     for name, f in sorted(FAMILIES.items())},
     }
 
 
@@ -45,9 +51,13 @@ def run(args: argparse.Namespace) -> int:
     print("devices:")
     for d in info["devices"]:
         print(f"  {d}")
-    print("config presets (kmax train --config NAME, kmax predict --config NAME):")
-    for name in info["presets"]:
-        print(f"  {name}")
+    print("model families (model.meta_architecture) and their config presets "
+          "(kmax train --config NAME, kmax predict --config NAME):")
+    for family, entry in info["families"].items():
+        print(f"  {family}: {entry['description']}; kmax convert --from "
+              f"{'|'.join(entry['importers']) or '-'}")
+        for name in entry["presets"]:
+            print(f"    {name}")
     return 0
 
 

@@ -3,6 +3,9 @@
 from kmax_deeplab.config.schema import (
     Config,
     DataConfig,
+    KMaXLossConfig,
+    KMaXModelConfig,
+    KMaXPostProcessConfig,
     LossConfig,
     ModelConfig,
     PostProcessConfig,
@@ -10,6 +13,7 @@ from kmax_deeplab.config.schema import (
     apply_overrides,
     config_from_dict,
     config_to_dict,
+    family_sections,
     load_config,
     save_config,
 )
@@ -18,6 +22,9 @@ from kmax_deeplab.config.presets import PRESETS, get_preset, list_presets
 __all__ = [
     "Config",
     "DataConfig",
+    "KMaXLossConfig",
+    "KMaXModelConfig",
+    "KMaXPostProcessConfig",
     "LossConfig",
     "ModelConfig",
     "PostProcessConfig",
@@ -26,6 +33,7 @@ __all__ = [
     "apply_overrides",
     "config_from_dict",
     "config_to_dict",
+    "family_sections",
     "get_preset",
     "list_presets",
     "load_config",

@@ -13,9 +13,9 @@ from typing import Callable
 from kmax_deeplab.config.schema import (
     Config,
     DataConfig,
-    LossConfig,
-    ModelConfig,
-    PostProcessConfig,
+    KMaXLossConfig,
+    KMaXModelConfig,
+    KMaXPostProcessConfig,
     SolverConfig,
 )
 
@@ -31,14 +31,14 @@ _CONVNEXT_DROP_PATH = {
 def _coco(backbone: str = "resnet50", drop: float = 0.0) -> Config:
     return Config(
         name=f"coco/kmax_{backbone}",
-        model=ModelConfig(backbone=backbone, backbone_drop_path=drop, num_classes=133,
+        model=KMaXModelConfig(backbone=backbone, backbone_drop_path=drop, num_classes=133,
                           num_queries=128, image_size=(1281, 1281), aux_semantic="decoder",
                           drop_path=0.2),
         data=DataConfig(dataset="coco", crop_size=(1281, 1281), min_scale=0.2, max_scale=2.0),
-        loss=LossConfig(instance_sample_k=4096, instance_sample_temperature=1.5,
+        loss=KMaXLossConfig(instance_sample_k=4096, instance_sample_temperature=1.5,
                         semantic_sample_k=4096, semantic_sample_temperature=2.0),
         solver=SolverConfig(batch_size=64, max_iters=150_000, base_lr=5e-4, amp="fp16"),
-        postprocess=PostProcessConfig(thing_threshold=0.7, stuff_threshold=0.5,
+        postprocess=KMaXPostProcessConfig(thing_threshold=0.7, stuff_threshold=0.5,
                                       overlap_threshold=0.8, class_weight=1.0, mask_weight=1.0,
                                       thing_area_limit=400, stuff_area_limit=6400),
     )
@@ -47,7 +47,7 @@ def _coco(backbone: str = "resnet50", drop: float = 0.0) -> Config:
 def _cityscapes(backbone: str = "resnet50", drop: float = 0.0) -> Config:
     return Config(
         name=f"cityscapes/kmax_{backbone}",
-        model=ModelConfig(backbone=backbone, backbone_drop_path=drop, num_classes=19,
+        model=KMaXModelConfig(backbone=backbone, backbone_drop_path=drop, num_classes=19,
                           num_queries=256, image_size=(1025, 2049), aux_semantic="head",
                           use_stem_skip=True, drop_path=0.2),
         data=DataConfig(dataset="cityscapes", root="datasets/cityscapes",
@@ -58,10 +58,10 @@ def _cityscapes(backbone: str = "resnet50", drop: float = 0.0) -> Config:
                         val_json="gtFine/cityscapes_panoptic_val_trainId.json",
                         val_panoptic_dir="gtFine/cityscapes_panoptic_val_trainId",
                         crop_size=(1025, 2049), min_scale=0.5, max_scale=2.0),
-        loss=LossConfig(instance_sample_k=4096, instance_sample_temperature=0.6,
+        loss=KMaXLossConfig(instance_sample_k=4096, instance_sample_temperature=0.6,
                         semantic_sample_k=0),
         solver=SolverConfig(batch_size=32, max_iters=60_000, base_lr=3e-4, amp="fp16"),
-        postprocess=PostProcessConfig(thing_threshold=0.5, stuff_threshold=0.3,
+        postprocess=KMaXPostProcessConfig(thing_threshold=0.5, stuff_threshold=0.3,
                                       overlap_threshold=0.9, class_weight=1.0, mask_weight=0.0,
                                       thing_area_limit=256, stuff_area_limit=2048),
     )
@@ -70,7 +70,7 @@ def _cityscapes(backbone: str = "resnet50", drop: float = 0.0) -> Config:
 def _ade20k(backbone: str = "resnet50", drop: float = 0.0, size: int = 641) -> Config:
     return Config(
         name=f"ade20k/kmax_{backbone}_{size}",
-        model=ModelConfig(backbone=backbone, backbone_drop_path=drop, num_classes=150,
+        model=KMaXModelConfig(backbone=backbone, backbone_drop_path=drop, num_classes=150,
                           num_queries=128, image_size=(size, size), aux_semantic="decoder",
                           drop_path=0.0),
         data=DataConfig(dataset="ade20k", root="datasets/ADEChallengeData2016",
@@ -81,11 +81,11 @@ def _ade20k(backbone: str = "resnet50", drop: float = 0.0, size: int = 641) -> C
                         val_json="ade20k_panoptic_val.json",
                         val_panoptic_dir="ade20k_panoptic_val",
                         crop_size=(size, size), min_scale=0.5, max_scale=2.0),
-        loss=LossConfig(instance_sample_k=1024 if size == 641 else 4096,
+        loss=KMaXLossConfig(instance_sample_k=1024 if size == 641 else 4096,
                         instance_sample_temperature=1.5,
                         semantic_sample_k=4096, semantic_sample_temperature=2.0),
         solver=SolverConfig(batch_size=64, max_iters=100_000, base_lr=5e-4, amp="fp16"),
-        postprocess=PostProcessConfig(thing_threshold=0.4, stuff_threshold=0.4,
+        postprocess=KMaXPostProcessConfig(thing_threshold=0.4, stuff_threshold=0.4,
                                       overlap_threshold=0.8, class_weight=1.0, mask_weight=1.0,
                                       thing_area_limit=0, stuff_area_limit=0),
     )
@@ -95,7 +95,7 @@ def _tiny() -> Config:
     """A small kMaX for tests and ``kmax demo``: synthetic data, 129x129 canvas, CPU-trainable."""
     return Config(
         name="synthetic/kmax_tiny",
-        model=ModelConfig(backbone="resnet_tiny", num_classes=7, num_queries=16,
+        model=KMaXModelConfig(backbone="resnet_tiny", num_classes=7, num_queries=16,
                           image_size=(129, 129), decoder_filters=(64, 32, 16, 16),
                           decoder_num_blocks=(1, 1, 1, 1), transformer_layers=(1, 1, 1),
                           hidden_dim=64, key_dim=32, value_dim=64, ffn_dim=128, num_heads=4,
@@ -109,12 +109,12 @@ def _tiny() -> Config:
                         # object colours are already random, and half-scale pasted things on a
                         # 129 canvas are mostly below the stride-4 target resolution.
                         color_jitter=False, copy_paste=False),
-        loss=LossConfig(instance_sample_k=512, instance_sample_temperature=1.5,
+        loss=KMaXLossConfig(instance_sample_k=512, instance_sample_temperature=1.5,
                         semantic_sample_k=512, semantic_sample_temperature=2.0),
         solver=SolverConfig(batch_size=8, max_iters=1500, base_lr=3e-3, warmup_iters=50,
                             checkpoint_period=200, eval_period=0, log_period=10,
                             backbone_lr_multiplier=1.0, output_dir="runs/kmax_tiny"),
-        postprocess=PostProcessConfig(thing_threshold=0.5, stuff_threshold=0.4,
+        postprocess=KMaXPostProcessConfig(thing_threshold=0.5, stuff_threshold=0.4,
                                       overlap_threshold=0.8, thing_area_limit=0,
                                       stuff_area_limit=0),
     )

@@ -1,11 +1,13 @@
 """Configuration schema: plain dataclasses, readable from YAML and ``key=value`` overrides.
 
 The schema is the single place where settings live; ``modeling``/``losses``/``data``
-never import it: builders such as ``build_kmax(cfg.model)`` read attributes of the
-section they are given (duck typing), so the layers below stay free of config code.
+never import it: family builders read attributes of the config they are given (duck typing), so the layers below stay free of config code.
 
-Sections follow spec ``kmax_deeplab.md``: §1 (model), §2 (losses), §3 (post-processing),
-§4 (training recipe).
+Shared sections: ``data``, ``solver`` and the shared fields of ``model``
+(:class:`ModelConfig`). The model family named by ``model.meta_architecture`` owns the
+classes of ``model``, ``loss`` and ``postprocess`` (a tagged union; see
+``kmax_deeplab.modeling.families``). kMaX's follow spec ``kmax_deeplab.md``: §1 (model),
+§2 (losses), §3 (post-processing), §4 (training recipe).
 """
 
 from __future__ import annotations
@@ -20,89 +22,21 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 
-@dataclass
-class ModelConfig:
-    """Architecture of a mask-transformer model (spec §1).
+# The shared model fields live below ``config/`` so that family sections can extend them.
+from kmax_deeplab.modeling.sections import ModelConfig  # noqa: E402
 
-    Attributes:
-        meta_architecture: model family; ``"kmax"`` for now.
-        backbone: ``resnet50`` (torchvision/detectron2 layout), ``resnet50_deeplab2``
-            (deeplab2 layout, needed for deeplab2 TF R50 checkpoints), ``convnext_tiny``,
-            ``convnext_small``, ``convnext_base``, ``convnext_large`` or ``resnet_tiny``
-            (tests and demo).
-        backbone_drop_path: stochastic-depth rate of ConvNeXt (linearly rising).
-        num_classes: C, the number of thing + stuff classes (void is extra, index C).
-        num_queries: N, the number of cluster centres.
-        image_size: (H, W) of the model canvas, each of the form 32k+1.
-        decoder_filters: base width f of each pixel-decoder stage (strides 32, 16, 8, 4).
-        decoder_num_blocks: blocks per pixel-decoder stage.
-        decoder_block_types: ``"axial"`` or ``"bottleneck"`` per stage.
-        use_stem_skip: add the fifth decoder stage on the stem features (Cityscapes).
-        transformer_layers: kMaX layers reading strides 32, 16, 8.
-        hidden_dim: query width (256).
-        key_dim / value_dim / ffn_dim / num_heads: transformer sizes (128/256/2048/8).
-        pixel_feature_dim: width of the L2-normalised pixel feature (128).
-        drop_path: decoder drop-path rate (k-means, attention, FFN branches).
-        aux_semantic: ``"decoder"`` (COCO/ADE20K), ``"head"`` (Cityscapes) or ``"none"``.
-        reference: ``"bytedance"`` (default) or ``"deeplab2"`` behaviour switches.
-        norm: ``"BN"`` or ``"SyncBN"`` for every batch norm (eps 1e-3, momentum 0.01).
-    """
+# kMaX's sections, under their old names too (``LossConfig``/``PostProcessConfig`` were kMaX's).
+from kmax_deeplab.modeling.kmax.config import (  # noqa: E402
+    KMaXLossConfig,
+    KMaXModelConfig,
+    KMaXPostProcessConfig,
+)
 
-    meta_architecture: str = "kmax"
-    backbone: str = "resnet50"
-    backbone_drop_path: float = 0.0
-    num_classes: int = 133
-    num_queries: int = 128
-    image_size: tuple[int, int] = (1281, 1281)
-    decoder_filters: tuple[int, ...] = (512, 256, 128, 64)
-    decoder_num_blocks: tuple[int, ...] = (1, 5, 1, 1)
-    decoder_block_types: tuple[str, ...] = ("axial", "axial", "bottleneck", "bottleneck")
-    use_stem_skip: bool = False
-    transformer_layers: tuple[int, ...] = (2, 2, 2)
-    hidden_dim: int = 256
-    key_dim: int = 128
-    value_dim: int = 256
-    ffn_dim: int = 2048
-    num_heads: int = 8
-    pixel_feature_dim: int = 128
-    drop_path: float = 0.2
-    aux_semantic: str = "decoder"
-    reference: str = "bytedance"
-    norm: str = "BN"
+LossConfig = KMaXLossConfig
+PostProcessConfig = KMaXPostProcessConfig
 
-
-@dataclass
-class PostProcessConfig:
-    """Mask-wise merging thresholds (spec §3)."""
-
-    variant: str = "bytedance"  # or "deeplab2": >=, area limits, crop-resolution scoring
-    thing_threshold: float = 0.7
-    stuff_threshold: float = 0.5
-    overlap_threshold: float = 0.8
-    pixel_confidence_threshold: float = 0.4
-    class_weight: float = 1.0
-    mask_weight: float = 1.0
-    thing_area_limit: int = 400
-    stuff_area_limit: int = 6400
-
-
-@dataclass
-class LossConfig:
-    """Loss weights and sampling settings (spec §2)."""
-
-    class_weight: float = 3.0
-    dice_weight: float = 3.0
-    mask_id_weight: float = 0.3
-    instance_discrimination_weight: float = 1.0
-    semantic_weight: float = 1.0
-    focal_alpha: float = 0.75
-    instance_discrimination_temperature: float = 0.3
-    instance_sample_k: int = 4096
-    instance_sample_temperature: float = 1.5
-    semantic_sample_k: int = 4096  # 0 = all pixels (Cityscapes)
-    semantic_sample_temperature: float = 2.0
-    share_final_matching: bool = True
-    mask_void_pixels: bool = True  # BD MASKING_VOID_PIXEL: zero query probs on void in matching/dice
+#: Sections of :class:`Config` whose class the model family chooses.
+FAMILY_SECTIONS = ("model", "loss", "postprocess")
 
 
 @dataclass
@@ -141,10 +75,16 @@ class SolverConfig:
         batch_size: GLOBAL images per optimizer step, split over ranks and
             ``grad_accum_steps`` (must divide evenly).
         max_iters: optimizer steps; the poly schedule reaches 0 here.
-        base_lr / backbone_lr_multiplier: AdamW LR; x0.1 for modules named ``*backbone*``.
+        base_lr / backbone_lr_multiplier: base LR; x0.1 for the ``backbone`` module (kMaX's
+            rule; a family may give other LR rules).
         weight_decay / betas / eps: AdamW (eps 1e-8 bytedance; deeplab2 uses 1e-7).
         warmup_iters / warmup_factor / poly_power: linear warmup from
             ``warmup_factor`` x LR (bytedance 0.001; deeplab2 0), then poly decay.
+        optimizer: ``"adamw"`` (kMaX, K-Net) or ``"adam"`` (MaX-DeepLab).
+        lr_schedule: ``"warmup_poly"`` or ``"warmup_step"`` (decay by ``lr_gamma`` at each of
+            ``lr_steps``).
+        clip_grad_norm: max global L2 gradient norm, applied after AMP unscaling (0 = off;
+            K-Net 1.0).
         amp: ``"none"`` (fp32), ``"bf16"`` or ``"fp16"`` (with a GradScaler; CUDA only);
             losses are always computed in fp32.
         grad_accum_steps: micro-batches per optimizer step.
@@ -165,6 +105,11 @@ class SolverConfig:
     warmup_iters: int = 5000
     warmup_factor: float = 0.001
     poly_power: float = 0.9
+    optimizer: str = "adamw"  # or "adam" (MaX-DeepLab)
+    lr_schedule: str = "warmup_poly"  # or "warmup_step" (K-Net)
+    lr_steps: tuple[int, ...] = ()  # warmup_step: iterations where the LR is multiplied by lr_gamma
+    lr_gamma: float = 0.1
+    clip_grad_norm: float = 0.0  # > 0: clip the global L2 norm of the (unscaled) gradients
     amp: str = "none"  # "none" | "bf16" | "fp16"
     grad_accum_steps: int = 1
     checkpoint_period: int = 5000
@@ -176,16 +121,60 @@ class SolverConfig:
     device: str = "auto"  # "auto" (cuda:LOCAL_RANK if available, else cpu) | "cpu" | "cuda"
 
 
+def _families():
+    from kmax_deeplab.modeling.families import FAMILIES
+
+    return FAMILIES
+
+
+def family_sections(meta_architecture: str) -> dict[str, type]:
+    """The section classes (``model``, ``loss``, ``postprocess``) of a model family.
+
+    Raises:
+        ValueError: unknown family; the message lists the known ones.
+    """
+    families = _families()
+    if meta_architecture not in families:
+        raise ValueError(f"config: model.meta_architecture {meta_architecture!r} is not a model family; "
+                         f"available: {', '.join(sorted(families))}")
+    sections = dict(families[meta_architecture].sections)
+    missing = [s for s in FAMILY_SECTIONS if s not in sections]
+    if missing:
+        raise ValueError(f"model family {meta_architecture!r} declares no config section(s) {missing}")
+    return sections
+
+
 @dataclass
 class Config:
-    """Everything that defines a run: model, data, losses, solver, post-processing."""
+    """Everything that defines a run: model, data, losses, solver, post-processing.
+
+    ``model``, ``loss`` and ``postprocess`` are a tagged union keyed on
+    ``model.meta_architecture``: their classes come from that family's row of the family
+    table (kMaX: :class:`KMaXModelConfig`, :class:`KMaXLossConfig`,
+    :class:`KMaXPostProcessConfig`). ``loss`` / ``postprocess`` left as None get the family's
+    defaults.
+
+    Raises:
+        ValueError: a section of another family's class than ``model.meta_architecture``.
+    """
 
     name: str = ""
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig = field(default_factory=KMaXModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
+    loss: Any = None
     solver: SolverConfig = field(default_factory=SolverConfig)
-    postprocess: PostProcessConfig = field(default_factory=PostProcessConfig)
+    postprocess: Any = None
+
+    def __post_init__(self) -> None:
+        family = self.model.meta_architecture
+        sections = family_sections(family)
+        for name in FAMILY_SECTIONS:
+            if getattr(self, name) is None:
+                setattr(self, name, sections[name]())
+            value = getattr(self, name)
+            if not isinstance(value, sections[name]):
+                raise ValueError(f"config: section {name!r} is a {type(value).__name__} but model family "
+                                 f"{family!r} takes a {sections[name].__name__}")
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
@@ -240,8 +229,31 @@ def _from_dict(cls: type, data: Mapping[str, Any], where: str = "config") -> Any
 
 
 def config_from_dict(data: Mapping[str, Any]) -> Config:
-    """Build a :class:`Config` from a nested mapping; unknown keys raise ``ValueError``."""
-    return _from_dict(Config, data, "config")
+    """Build a :class:`Config` from a nested mapping; unknown keys raise ``ValueError``.
+
+    ``model.meta_architecture`` (default ``"kmax"``) picks the classes of the ``model``,
+    ``loss`` and ``postprocess`` sections; an unknown key there names the family and its
+    valid keys.
+    """
+    if not isinstance(data, Mapping):
+        raise ValueError(f"config must be a mapping, got {data!r}")
+    names = {f.name for f in dataclasses.fields(Config)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"config: unknown key(s) {unknown}; valid keys: {sorted(names)}")
+    model = data.get("model") or {}
+    if not isinstance(model, Mapping):
+        raise ValueError(f"config: model must be a mapping, got {model!r}")
+    family = str(model.get("meta_architecture", ModelConfig.meta_architecture))
+    sections = family_sections(family)
+    kwargs: dict[str, Any] = {}
+    hints = typing.get_type_hints(Config)
+    for key, value in data.items():
+        if key in FAMILY_SECTIONS:
+            kwargs[key] = _coerce(value, sections[key], f"config.{key} (model family {family!r})")
+        else:
+            kwargs[key] = _coerce(value, hints[key], f"config.{key}")
+    return Config(**kwargs)
 
 
 def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
@@ -265,7 +277,11 @@ def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
                 raise ValueError(f"override {item!r}: unknown section {p!r}")
             node = node[p]
         if parts[-1] not in node:
-            raise ValueError(f"override {item!r}: unknown key {key!r}")
+            owner = ""
+            if parts[0] in FAMILY_SECTIONS:
+                owner = f" of model family {data['model'].get('meta_architecture')!r}"
+            raise ValueError(f"override {item!r}: unknown key {key!r}{owner}; valid keys: "
+                             f"{sorted(node)}")
         node[parts[-1]] = yaml.safe_load(raw)
     return config_from_dict(data)
 
@@ -273,7 +289,9 @@ def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
 def load_config(source: str | Path, overrides: Sequence[str] = ()) -> Config:
     """Load a preset name (see ``kmax info``) or a YAML/JSON file, then apply overrides.
 
-    A YAML file may start from a preset with a top-level ``base: PRESET`` key.
+    A YAML file may start from a preset with a top-level ``base: PRESET`` key. When the file
+    names another ``model.meta_architecture`` than the preset's, only the preset's shared
+    fields (``data``, ``solver``, the shared ``model`` fields) carry over.
 
     Raises:
         FileNotFoundError: ``source`` is neither a preset nor an existing file.
@@ -297,6 +315,14 @@ def load_config(source: str | Path, overrides: Sequence[str] = ()) -> Config:
         base = data.pop("base", None)
         if base is not None:
             merged = config_to_dict(get_preset(base))
+            family = (data.get("model") or {}).get("meta_architecture") if isinstance(data.get("model"), dict) else None
+            if family is not None and family != merged["model"]["meta_architecture"]:
+                # Another family on top of this preset: keep the base's shared model fields, data
+                # and solver; its family-owned keys do not apply (the file's own keys are checked).
+                sections = family_sections(str(family))
+                for name in FAMILY_SECTIONS:
+                    valid = {f.name for f in dataclasses.fields(sections[name])}
+                    merged[name] = {k: v for k, v in merged[name].items() if k in valid}
             _deep_update(merged, data)
             data = merged
         try:

@@ -1,8 +1,9 @@
 """Build a training run from a :class:`~kmax_deeplab.config.Config` and run it.
 
 This is the wiring of the real parts around :class:`~kmax_deeplab.engine.trainer.Trainer`:
-``build_kmax(cfg.model)``, ``build_criterion(cfg.loss, C)``, the COCO-panoptic datasets
-with the training / test transforms, ``collate_panoptic``, stride-4 targets from
+the model, criterion, optimizer and schedule of the config's model family (its row in
+:data:`kmax_deeplab.modeling.families.FAMILIES`), the COCO-panoptic datasets with the
+training / test transforms, ``collate_panoptic``, targets at the family's mask stride from
 ``prepare_targets`` and the in-memory PQ validation. ``kmax train`` and
 ``torchrun -m kmax_deeplab.train`` both call :func:`train_from_config`.
 """
@@ -25,7 +26,7 @@ from kmax_deeplab.engine.logging import setup_console_logging
 
 logger = logging.getLogger("kmax_deeplab.train")
 
-# Output stride of the supervised mask logits: 4 for every bytedance model (spec §4).
+# Default output stride of the supervised mask logits (kMaX: 4, spec §4); a family declares its own.
 MASK_STRIDE = 4
 
 
@@ -80,6 +81,8 @@ class TrainingParts:
     collate_fn: Callable[[list[Any]], Any]
     prepare_batch: Callable[[Any, torch.device], tuple[Tensor, Any]]
     evaluate_fn: Any  # PanopticValidation or None
+    optimizer_factory: Callable[[nn.Module], Any] | None = None
+    scheduler_factory: Callable[[Any], Any] | None = None
 
 
 def build_training(cfg: Any, *, eval_max_images: int | None = None, with_eval: bool = True) -> TrainingParts:
@@ -90,20 +93,20 @@ def build_training(cfg: Any, *, eval_max_images: int | None = None, with_eval: b
     """
     from kmax_deeplab.data.loader import collate_panoptic
     from kmax_deeplab.engine.validation import PanopticValidation
-    from kmax_deeplab.losses import build_criterion
-    from kmax_deeplab.modeling.kmax import build_kmax
+    from kmax_deeplab.modeling.families import family_of
 
-    if tuple(cfg.data.crop_size) != tuple(cfg.model.image_size):
-        raise ValueError(f"data.crop_size {tuple(cfg.data.crop_size)} must equal model.image_size "
-                         f"{tuple(cfg.model.image_size)} (kMaX trains at the test canvas; spec §4)")
-    model = build_kmax(cfg.model)
-    criterion = build_criterion(cfg.loss, cfg.model.num_classes)
+    family = family_of(cfg)
+    family.check_config(cfg)
+    model = family.build_model(cfg)
+    criterion = family.build_criterion(cfg)
     train_ds = build_dataset(cfg, "train")
     evaluate = None
     if with_eval:
         evaluate = PanopticValidation(cfg, build_dataset(cfg, "val"), max_images=eval_max_images)
     return TrainingParts(model, criterion, train_ds, collate_panoptic,
-                         make_prepare_batch(cfg.model.num_classes), evaluate)
+                         make_prepare_batch(cfg.model.num_classes, family.mask_stride), evaluate,
+                         optimizer_factory=lambda m: family.build_optimizer(m, cfg),
+                         scheduler_factory=lambda opt: family.build_scheduler(opt, cfg))
 
 
 def export_final_weights(cfg: Any, model: nn.Module, output_dir: Path, iteration: int) -> Path:
@@ -153,7 +156,8 @@ def train_from_config(cfg: Any, *, output_dir: str | Path | None = None, resume:
                           parts.collate_fn, output_dir=out, dist=dist,
                           prepare_batch=parts.prepare_batch, evaluate_fn=parts.evaluate_fn,
                           config_dict=config_to_dict(cfg), num_workers=int(cfg.data.num_workers),
-                          progress=progress)
+                          progress=progress, optimizer_factory=parts.optimizer_factory,
+                          scheduler_factory=parts.scheduler_factory)
         if resume:
             trainer.resume_if_possible()
         summary = trainer.train(max_iters=max_iters)

@@ -1,175 +1,21 @@
-"""Optimizer and learning-rate schedule of the kMaX recipes (spec ``kmax_deeplab.md`` §4).
+"""Moved to :mod:`kmax_deeplab.solver` (below ``engine``, so that the family table can name the
+optimizer, parameter-group and schedule factories); the old names keep working."""
 
-* AdamW, betas (0.9, 0.999), eps 1e-8 (bytedance; deeplab2 uses 1e-7: set
-  ``solver.eps=1e-7``), decoupled weight decay 0.05.
-* No weight decay on normalisation parameters (every batch/group/instance/layer norm,
-  including our fp32 layer norms), biases, ConvNeXt layer-scale ``gamma``, relative-position
-  tables (``_rpe`` modules / ``_embeddings`` parameters), cluster centres
-  (``_cluster_centers``) and any ``nn.Embedding``: the bytedance ``build_optimizer`` rules.
-* Backbone LR x ``backbone_lr_multiplier`` (0.1) for every parameter whose *module* name
-  contains ``"backbone"`` (bytedance rule).
-* Schedule (bytedance ``TF2WarmupPolyLR``; deeplab2's is the same with a warmup from 0):
-  for the 0-based global optimizer step ``t``::
-
-      t <  warmup_iters: lr = base * (f + (1 - f) * t / warmup_iters)      f = warmup_factor
-      t >= warmup_iters: lr = base * (1 - t / max_iters) ** power
-
-  The poly factor is *not* applied during warmup, exactly as in the reference.
-"""
-
-from __future__ import annotations
-
-from typing import Any, Iterable
-
-import torch
-from torch import nn
-
-from kmax_deeplab.modeling.layers.norm import LayerNormFP32
-
-# Module types whose parameters never decay (bytedance ``norm_module_types`` plus ours).
-_NORM_TYPES: tuple[type[nn.Module], ...] = (
-    nn.modules.batchnorm._NormBase,  # BatchNorm1d/2d/3d, SyncBatchNorm
-    nn.GroupNorm,
-    nn.modules.instancenorm._InstanceNorm,
-    nn.LayerNorm,
-    nn.LocalResponseNorm,
-    LayerNormFP32,
+from kmax_deeplab.solver import (  # noqa: F401
+    NO_DECAY_MODULE_KEYS,
+    NO_DECAY_PARAM_KEYS,
+    OPTIMIZERS,
+    SCHEDULES,
+    WarmupPolyLR,
+    WarmupStepLR,
+    backbone_rules,
+    build_optimizer,
+    build_param_groups,
+    build_scheduler,
+    decays,
+    in_module,
+    lr_table,
+    param_group_rule,
+    warmup_poly_factor,
+    warmup_step_factor,
 )
-try:  # channels-first LayerNorm2d may not subclass nn.LayerNorm
-    from kmax_deeplab.modeling.layers.norm import LayerNorm2d
-
-    _NORM_TYPES = _NORM_TYPES + (LayerNorm2d,)
-except ImportError:  # pragma: no cover
-    pass
-
-# Substrings of the module name / parameter name that switch weight decay off.
-NO_DECAY_MODULE_KEYS = ("_rpe", "_cluster_centers")
-NO_DECAY_PARAM_KEYS = ("bias", "gamma", "_embeddings")
-
-
-def param_group_rule(module_name: str, module: nn.Module, param_name: str, *,
-                     backbone_lr_multiplier: float) -> tuple[float, bool]:
-    """Return ``(lr_multiplier, decay)`` for one parameter (bytedance rules, spec §4).
-
-    Args:
-        module_name: dotted name of the module owning the parameter (``""`` for the root).
-        module: that module.
-        param_name: the parameter's local name inside ``module`` (e.g. ``"weight"``).
-        backbone_lr_multiplier: LR factor for modules whose name contains ``"backbone"``.
-    """
-    lr_mult = backbone_lr_multiplier if "backbone" in module_name else 1.0
-    full_name = f"{module_name}.{param_name}" if module_name else param_name
-    decay = not (
-        isinstance(module, _NORM_TYPES)
-        or isinstance(module, nn.Embedding)
-        or any(k in module_name for k in NO_DECAY_MODULE_KEYS)
-        or any(k in param_name for k in NO_DECAY_PARAM_KEYS)
-        or "_embeddings" in full_name
-    )
-    return lr_mult, decay
-
-
-def build_param_groups(model: nn.Module, *, base_lr: float, weight_decay: float,
-                       backbone_lr_multiplier: float = 0.1) -> list[dict[str, Any]]:
-    """Split ``model``'s trainable parameters into optimizer groups.
-
-    Parameters sharing ``(lr, weight_decay)`` are merged into one group (fewer groups than
-    bytedance's one-per-parameter, same numbers). Each group also carries ``"names"`` (the
-    full parameter names, for inspection) and ``"lr_multiplier"``; the schedule scales
-    ``initial_lr = base_lr * lr_multiplier``.
-
-    Args:
-        model: the (unwrapped) model.
-        base_lr: solver base LR.
-        weight_decay: decoupled weight decay of decaying parameters (0.05).
-        backbone_lr_multiplier: see :func:`param_group_rule`.
-
-    Returns:
-        A list of dicts ``{"params", "names", "lr", "initial_lr", "lr_multiplier",
-        "weight_decay"}`` in a deterministic order (first appearance in the model).
-    """
-    groups: dict[tuple[float, bool], dict[str, Any]] = {}
-    seen: set[int] = set()
-    for module_name, module in model.named_modules():
-        for param_name, param in module.named_parameters(recurse=False):
-            if not param.requires_grad or id(param) in seen:
-                continue
-            seen.add(id(param))
-            lr_mult, decay = param_group_rule(module_name, module, param_name,
-                                              backbone_lr_multiplier=backbone_lr_multiplier)
-            key = (lr_mult, decay)
-            if key not in groups:
-                groups[key] = {"params": [], "names": [], "lr_multiplier": lr_mult,
-                               "lr": base_lr * lr_mult, "initial_lr": base_lr * lr_mult,
-                               "weight_decay": weight_decay if decay else 0.0}
-            groups[key]["params"].append(param)
-            groups[key]["names"].append(f"{module_name}.{param_name}" if module_name else param_name)
-    return list(groups.values())
-
-
-def build_optimizer(model: nn.Module, solver: Any) -> torch.optim.AdamW:
-    """AdamW over :func:`build_param_groups` from a ``SolverConfig``-like object.
-
-    Reads ``base_lr``, ``weight_decay``, ``backbone_lr_multiplier``, ``betas``, ``eps``.
-    """
-    groups = build_param_groups(model, base_lr=solver.base_lr, weight_decay=solver.weight_decay,
-                                backbone_lr_multiplier=solver.backbone_lr_multiplier)
-    return torch.optim.AdamW(groups, lr=solver.base_lr, betas=tuple(solver.betas),
-                             eps=solver.eps, weight_decay=solver.weight_decay)
-
-
-def warmup_poly_factor(step: int, *, max_iters: int, warmup_iters: int, warmup_factor: float,
-                       power: float) -> float:
-    """LR multiplier at 0-based global optimizer step ``step`` (see module docstring).
-
-    Raises:
-        ValueError: ``max_iters <= 0`` or ``warmup_iters < 0``.
-    """
-    if max_iters <= 0 or warmup_iters < 0:
-        raise ValueError(f"max_iters must be > 0 and warmup_iters >= 0, got {max_iters}, {warmup_iters}")
-    if step < warmup_iters:
-        alpha = step / warmup_iters
-        return warmup_factor * (1.0 - alpha) + alpha
-    return max(0.0, 1.0 - step / max_iters) ** power
-
-
-class WarmupPolyLR(torch.optim.lr_scheduler.LRScheduler):
-    """Linear warmup then poly decay, evaluated on the global step (``last_epoch``).
-
-    ``scheduler.step()`` is called once after every optimizer update, so update ``t``
-    (0-based) runs at ``base_lr * warmup_poly_factor(t)``. Its ``state_dict`` holds only
-    plain numbers, so it loads with ``torch.load(weights_only=True)``.
-    """
-
-    def __init__(self, optimizer: torch.optim.Optimizer, *, max_iters: int, warmup_iters: int,
-                 warmup_factor: float = 0.001, power: float = 0.9, last_epoch: int = -1) -> None:
-        self.max_iters = int(max_iters)
-        self.warmup_iters = int(warmup_iters)
-        self.warmup_factor = float(warmup_factor)
-        self.power = float(power)
-        super().__init__(optimizer, last_epoch)
-
-    def factor(self, step: int) -> float:
-        """The multiplier of every group's ``initial_lr`` at ``step``."""
-        return warmup_poly_factor(step, max_iters=self.max_iters, warmup_iters=self.warmup_iters,
-                                  warmup_factor=self.warmup_factor, power=self.power)
-
-    def get_lr(self) -> list[float]:  # noqa: D102 (torch API)
-        f = self.factor(self.last_epoch)
-        return [base * f for base in self.base_lrs]
-
-    def _get_closed_form_lr(self) -> list[float]:
-        return self.get_lr()
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, solver: Any) -> WarmupPolyLR:
-    """:class:`WarmupPolyLR` from a ``SolverConfig``-like object."""
-    return WarmupPolyLR(optimizer, max_iters=solver.max_iters, warmup_iters=solver.warmup_iters,
-                        warmup_factor=solver.warmup_factor, power=solver.poly_power)
-
-
-def lr_table(optimizer: torch.optim.Optimizer) -> Iterable[tuple[str, float, float]]:
-    """Yield ``(first_param_name, lr, weight_decay)`` per group, for logs."""
-    for g in optimizer.param_groups:
-        names = g.get("names") or ["?"]
-        yield names[0], g["lr"], g["weight_decay"]

@@ -1,10 +1,11 @@
 """``Predictor``: images of any size in, COCO-panoptic predictions at the original size out.
 
-Pre-processing follows spec ``kmax_deeplab.md`` §1 (test time): the longer side is resized
-to the model canvas (``cfg.model.image_size``), the image is padded on the right and bottom
-with 127.5 (mean grey, i.e. 0 after the model's ``x/127.5 - 1``), and the mask logits are
-upsampled to the canvas, cropped to the image and resized back (§3) by
-:func:`kmax_deeplab.modeling.postprocess.panoptic_inference`.
+Model-family agnostic: the config's family (:data:`kmax_deeplab.modeling.families.FAMILIES`)
+builds the model, declares the input geometry (kMaX, spec ``kmax_deeplab.md`` §1 test time:
+the longer side resized to the canvas ``cfg.model.image_size``, padded right/bottom with 127.5,
+i.e. 0 after the model's ``x/127.5 - 1``; :mod:`kmax_deeplab.geometry`) and post-processes each
+image (kMaX: the mask logits upsampled to the canvas, cropped to the image and resized back,
+then mask-wise merging, §3).
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
-from kmax_deeplab.modeling.postprocess import panoptic_inference, semantic_inference
+from kmax_deeplab.api import read_weights
+from kmax_deeplab.checkpoints.native import load_state_strict
+from kmax_deeplab.geometry import FixedCanvas, fit_size  # noqa: F401  (fit_size: old import path)
+from kmax_deeplab.modeling.families import family_of
 
 ImageInput = Union[np.ndarray, Image.Image, str, Path]
 
-PAD_VALUE = 127.5
+PAD_VALUE = 127.5  # kMaX's pad value (FixedCanvas.pixel_mean)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -60,26 +64,8 @@ def load_image(image: ImageInput) -> np.ndarray:
                     "give a path, a PIL image or a uint8 numpy array")
 
 
-def fit_size(height: int, width: int, canvas: Sequence[int]) -> tuple[int, int]:
-    """Size of an ``height x width`` image scaled to fit ``canvas`` (longer side to the canvas).
-
-    Returns:
-        ``(Hv, Wv)``: ``round(side * s)`` with ``s = min(Hc/H, Wc/W)``, at least 1 and at most
-        the canvas. For a square canvas this is "longer side = canvas side", BD's COCO test
-        resize (MIN/MAX_SIZE_TEST = 1281). An image that fits and is within one pixel of the
-        canvas on the limiting side is kept as is: a 32k+1 canvas holds a 32k image (Cityscapes
-        1024x2048 in 1025x2049 is only padded, as in BD and deeplab2).
-    """
-    scale = min(canvas[0] / height, canvas[1] / width)
-    limiting = 0 if canvas[0] / height <= canvas[1] / width else 1
-    if scale >= 1 and canvas[limiting] - (height, width)[limiting] <= 1:
-        return height, width
-    return (min(canvas[0], max(1, round(height * scale))),
-            min(canvas[1], max(1, round(width * scale))))
-
-
 def preprocess(images: Sequence[np.ndarray], canvas: Sequence[int]) -> tuple[torch.Tensor, list]:
-    """Resize (bilinear) and pad RGB uint8 images onto the model canvas.
+    """Resize (bilinear) and pad RGB uint8 images onto a fixed canvas (kMaX geometry).
 
     Args:
         images: RGB ``[H, W, 3]`` uint8 arrays of any sizes.
@@ -89,53 +75,11 @@ def preprocess(images: Sequence[np.ndarray], canvas: Sequence[int]) -> tuple[tor
         ``(batch, valid_sizes)``: ``batch`` ``[B, 3, Hc, Wc]`` float32 in 0..255 with pad value
         127.5 on the right/bottom; ``valid_sizes`` the ``(Hv, Wv)`` of each resized image.
     """
-    hc, wc = int(canvas[0]), int(canvas[1])
-    batch = torch.full((len(images), 3, hc, wc), PAD_VALUE, dtype=torch.float32)
-    valid = []
-    for i, img in enumerate(images):
-        hv, wv = fit_size(img.shape[0], img.shape[1], (hc, wc))
-        if (hv, wv) != img.shape[:2]:
-            img = np.array(Image.fromarray(img).resize((wv, hv), Image.BILINEAR))
-        # [Hv, Wv, 3] uint8 -> [3, Hv, Wv] float32
-        batch[i, :, :hv, :wv] = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float()
-        valid.append((hv, wv))
-    return batch, valid
+    return FixedCanvas(tuple(int(s) for s in canvas)).preprocess(images)
 
 
-def _load_state(model: nn.Module, state: dict, source: str) -> None:
-    """Strictly load ``state`` into ``model``; the error names ``source`` and the keys."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or wrong:
-        def fmt(keys):
-            return ", ".join(keys[:20]) + (f" ... ({len(keys)} in all)" if len(keys) > 20 else "")
-        parts = [f"{len(missing)} missing: {fmt(missing)}" if missing else "",
-                 f"{len(unexpected)} unexpected: {fmt(unexpected)}" if unexpected else "",
-                 f"{len(wrong)} with another shape: {fmt(wrong)}" if wrong else ""]
-        raise ValueError(f"{source}: weights do not fit the model built from the config ("
-                         + "; ".join(p for p in parts if p) + ")")
-    model.load_state_dict(state, strict=True)
-
-
-def _read_weights(path: str | Path) -> dict:
-    path = Path(path)
-    if path.is_dir():
-        from kmax_deeplab.checkpoints.native import load_native
-
-        return load_native(path)[1]
-    if path.suffix == ".safetensors" and path.is_file():
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as e:  # safetensors raises its own error types
-            raise ValueError(f"{path}: cannot read safetensors weights ({e})") from None
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such weights file or checkpoint folder")
-    raise ValueError(f"{path}: weights must be a checkpoint folder (model.safetensors + "
-                     "config.yaml) or a .safetensors file; convert other formats with kmax convert")
+_load_state = load_state_strict  # old private name
+_read_weights = read_weights
 
 
 def dataset_meta(cfg: Any):
@@ -163,10 +107,11 @@ class Predictor:
         >>> out["panoptic"].shape, out["segments_info"][0]    # doctest: +SKIP
 
     Args:
-        model: a module taking ``[B, 3, Hc, Wc]`` float32 RGB 0..255 at ``cfg.model.image_size``
-            and returning a ``MaskTransformerOutput``.
-        cfg: the run :class:`~kmax_deeplab.config.Config` (``model.image_size``,
-            ``postprocess`` thresholds, ``data.dataset``).
+        model: a module taking ``[B, 3, H, W]`` float32 RGB 0..255 as the family's input
+            geometry lays it out, returning a ``MaskTransformerOutput``.
+        cfg: the run :class:`~kmax_deeplab.config.Config` (``model.meta_architecture`` picks
+            the family: geometry and post-processing; ``postprocess`` thresholds,
+            ``data.dataset``).
         meta: a ``DatasetMeta`` (``is_thing``, ``train_id_to_category_id``, ``categories``);
             default: the catalog entry of ``cfg.data.dataset``.
         device: torch device to run on.
@@ -194,6 +139,8 @@ class Predictor:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format).eval()
         self._forward = torch.compile(self.model) if compile else self.model
+        self.family = family_of(cfg)
+        self.geometry = self.family.input_geometry(cfg)
         self.canvas = tuple(int(s) for s in cfg.model.image_size)
         self.is_thing = [bool(self.meta.is_thing(i)) for i in range(self.meta.num_classes)]
 
@@ -212,25 +159,22 @@ class Predictor:
             FileNotFoundError / ValueError: unreadable weights, or keys/shapes that do not
                 fit the model (the message lists them).
         """
-        from kmax_deeplab.modeling.kmax import build_kmax
-
-        model = build_kmax(cfg.model)
+        model = family_of(cfg).build_model(cfg)
         if weights is None:
             warnings.warn("Predictor: no weights given; the model has RANDOM weights and its "
                           "predictions are meaningless", UserWarning, stacklevel=2)
         else:
-            _load_state(model, _read_weights(weights), str(weights))
+            load_state_strict(model, read_weights(weights), str(weights))
         return cls(model, cfg, **kwargs)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, **kwargs) -> "Predictor":
         """Load a native checkpoint folder (its ``config.yaml`` builds the model)."""
         from kmax_deeplab.checkpoints.native import load_native
-        from kmax_deeplab.modeling.kmax import build_kmax
 
         cfg, state = load_native(folder)
-        model = build_kmax(cfg.model)
-        _load_state(model, state, str(folder))
+        model = family_of(cfg).build_model(cfg)
+        load_state_strict(model, state, str(folder))
         return cls(model, cfg, **kwargs)
 
     @classmethod
@@ -241,25 +185,23 @@ class Predictor:
         return cls.from_pretrained(get_zoo_checkpoint(name), **kwargs)
 
     # ------------------------------------------------------------------ inference
-    def _postprocess_kwargs(self) -> dict:
-        pp = self.cfg.postprocess
-        return dict(is_thing=self.is_thing,
-                    train_id_to_category_id=list(self.meta.train_id_to_category_id),
-                    variant=pp.variant, thing_threshold=pp.thing_threshold,
-                    stuff_threshold=pp.stuff_threshold, overlap_threshold=pp.overlap_threshold,
-                    pixel_confidence_threshold=pp.pixel_confidence_threshold,
-                    class_weight=pp.class_weight, mask_weight=pp.mask_weight,
-                    thing_area_limit=pp.thing_area_limit, stuff_area_limit=pp.stuff_area_limit)
-
     def forward_batch(self, images: Sequence[np.ndarray]) -> dict:
-        """Run the model on RGB uint8 arrays; returns the raw output and valid sizes."""
-        batch, valid = preprocess(images, self.canvas)
+        """Run the model on RGB uint8 arrays.
+
+        Returns:
+            The family's ``inference_keys`` outputs (``pred_logits``, ``pred_masks`` for kMaX)
+            in float32, plus ``valid_sizes`` (``(Hv, Wv)`` per image) and ``batch_size``
+            (``(H, W)`` of the model input).
+        """
+        batch, valid = self.geometry.preprocess(images)
         batch = batch.to(self.device, memory_format=self.memory_format)
         with torch.inference_mode(), torch.autocast(
                 self.device.type, dtype=DTYPES[self.dtype], enabled=self.dtype != "fp32"):
             out = self._forward(batch)
-        return {"pred_logits": out["pred_logits"].float(), "pred_masks": out["pred_masks"].float(),
-                "valid_sizes": valid}
+        raw = {k: out[k].float() for k in self.family.inference_keys if out.get(k) is not None}
+        raw["valid_sizes"] = valid
+        raw["batch_size"] = tuple(batch.shape[-2:])
+        return raw
 
     def predict_arrays(self, images: Sequence[np.ndarray], *, semantic: bool = False) -> list[dict]:
         """Predict a batch of RGB ``[H, W, 3]`` uint8 arrays in one forward pass.
@@ -270,18 +212,18 @@ class Predictor:
             with ``semantic=True``, ``semantic`` ``[H, W]`` int64 train ids.
         """
         raw = self.forward_batch(images)
-        kwargs = self._postprocess_kwargs()
+        keys = [k for k in self.family.inference_keys if k in raw]
         results = []
         with torch.inference_mode():
             for i, img in enumerate(images):
-                geometry = dict(canvas_size=self.canvas, valid_size=raw["valid_sizes"][i],
-                                output_size=img.shape[:2])
-                pan, info = panoptic_inference(raw["pred_logits"][i], raw["pred_masks"][i],
-                                               **geometry, **kwargs)
-                result = {"panoptic": pan.cpu().numpy(), "segments_info": info}
+                out = self.family.postprocess(
+                    {k: raw[k][i] for k in keys}, cfg=self.cfg, is_thing=self.is_thing,
+                    train_id_to_category_id=list(self.meta.train_id_to_category_id),
+                    canvas_size=raw["batch_size"], valid_size=raw["valid_sizes"][i],
+                    output_size=img.shape[:2], semantic=semantic)
+                result = {"panoptic": out["panoptic"].cpu().numpy(), "segments_info": out["segments_info"]}
                 if semantic:
-                    result["semantic"] = semantic_inference(
-                        raw["pred_logits"][i], raw["pred_masks"][i], **geometry).cpu().numpy()
+                    result["semantic"] = out["semantic"].cpu().numpy()
                 results.append(result)
         return results
 

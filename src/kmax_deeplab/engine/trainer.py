@@ -11,7 +11,9 @@ One optimizer step (spec ``kmax_deeplab.md`` §4, §7.7):
    criterion outside autocast (losses always in fp32), check every term is finite
    (the check is agreed across ranks), backward ``sum(terms) / grad_accum_steps``
    (scaled by a ``GradScaler`` under fp16; DDP syncs gradients on the last micro-batch);
-2. ``optimizer.step()`` (AdamW, :mod:`kmax_deeplab.engine.optim`), ``scheduler.step()``.
+2. with ``solver.clip_grad_norm > 0``: unscale (fp16) and clip the global gradient norm;
+3. ``optimizer.step()`` (the family's optimizer, e.g. AdamW, :mod:`kmax_deeplab.solver`),
+   ``scheduler.step()``.
 
 A non-finite term raises :class:`FloatingPointError` naming the iteration and the term
 (``solver.nan_policy="raise"``), or skips the update (``"skip"``: no parameter change,
@@ -40,7 +42,7 @@ from kmax_deeplab.engine.distributed import (
     reduce_mean_dict,
 )
 from kmax_deeplab.engine.logging import MetricWriter
-from kmax_deeplab.engine.optim import build_optimizer, build_scheduler
+from kmax_deeplab.solver import build_optimizer, build_scheduler
 from kmax_deeplab.engine.sampling import SeededDataset, StreamBatchSampler, split_micro_batch
 from kmax_deeplab.engine.sync_bn import convert_sync_batchnorm
 
@@ -93,7 +95,10 @@ class Trainer:
         config_dict: the full config, stored in checkpoints.
         num_workers: DataLoader workers.
         progress: show a tqdm bar on rank 0.
-        on_save: called with the checkpoint path after each save (tests, demo).
+        optimizer_factory: ``model -> optimizer`` (the model family's; default AdamW over the
+            bytedance parameter groups, :func:`kmax_deeplab.solver.build_optimizer`).
+        scheduler_factory: ``optimizer -> scheduler`` stepped once per update (default
+            warmup + poly, :func:`kmax_deeplab.solver.build_scheduler`).
 
     Raises:
         ValueError: bad ``solver.amp`` / ``solver.nan_policy`` or a batch that does not split.
@@ -104,7 +109,9 @@ class Trainer:
                  output_dir: str | Path, dist: DistInfo | None = None,
                  prepare_batch: PrepareFn = default_prepare_batch,
                  evaluate_fn: EvaluateFn | None = None, config_dict: Mapping[str, Any] | None = None,
-                 num_workers: int = 0, progress: bool = True) -> None:
+                 num_workers: int = 0, progress: bool = True,
+                 optimizer_factory: Callable[[nn.Module], Any] | None = None,
+                 scheduler_factory: Callable[[Any], Any] | None = None) -> None:
         if solver.amp not in AMP_DTYPES:
             raise ValueError(f"solver.amp must be one of {sorted(AMP_DTYPES)}, got {solver.amp!r}")
         if solver.nan_policy not in ("raise", "skip"):
@@ -127,8 +134,10 @@ class Trainer:
             model = convert_sync_batchnorm(model, self.device.type)
         self.model = model.to(self.device)
         self.criterion = criterion.to(self.device) if isinstance(criterion, nn.Module) else criterion
-        self.optimizer = build_optimizer(self.model, solver)
-        self.scheduler = build_scheduler(self.optimizer, solver)
+        self.optimizer = (optimizer_factory(self.model) if optimizer_factory is not None
+                          else build_optimizer(self.model, solver))
+        self.scheduler = (scheduler_factory(self.optimizer) if scheduler_factory is not None
+                          else build_scheduler(self.optimizer, solver))
         self.amp_dtype = AMP_DTYPES[solver.amp]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=solver.amp == "fp16")
         if self.dist.distributed:
@@ -267,6 +276,11 @@ class Trainer:
             logger.warning("%s; skipping this update", msg)
             self.skipped_steps += 1
             return None
+        clip = float(getattr(self.solver, "clip_grad_norm", 0.0) or 0.0)
+        if clip > 0:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+            torch.nn.utils.clip_grad_norm_(
+                [p for g in self.optimizer.param_groups for p in g["params"]], clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         sums["total"] = sum(v for k, v in sums.items())

@@ -1,0 +1,128 @@
+"""kMaX-DeepLab's row of the family table (``modeling/families.py``, key ``"kmax"``).
+
+Each function maps the run config (duck typed) to one part: the model (:func:`build_kmax`),
+the criterion (``losses.build_criterion``), the mask-wise post-processing (spec §3), the fixed
+129/641/1281-style canvas with ``(x - 127.5) / 127.5`` (§1), AdamW with the bytedance parameter
+groups and warmup + poly (§4), and the deeplab2 / detectron2 / ImageNet checkpoint importers
+(§5). Heavy modules are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from kmax_deeplab.modeling.kmax.config import KMaXLossConfig, KMaXModelConfig, KMaXPostProcessConfig
+
+
+def build_model(cfg: Any):
+    """:func:`~kmax_deeplab.modeling.kmax.model.build_kmax` of ``cfg.model``."""
+    from kmax_deeplab.modeling.kmax.model import build_kmax
+
+    return build_kmax(cfg.model)
+
+
+def build_criterion(cfg: Any):
+    """:class:`~kmax_deeplab.losses.criterion.KMaXCriterion` of ``cfg.loss``."""
+    from kmax_deeplab.losses.criterion import build_criterion as build
+
+    return build(cfg.loss, cfg.model.num_classes)
+
+
+def postprocess(output: Mapping[str, Any], *, cfg: Any, is_thing: Sequence[bool],
+                train_id_to_category_id: Sequence[int], canvas_size: Sequence[int],
+                valid_size: Sequence[int], output_size: Sequence[int], semantic: bool = False) -> dict:
+    """Mask-wise merging (:func:`~kmax_deeplab.modeling.postprocess.panoptic_inference`).
+
+    Args:
+        output: ``pred_logits`` ``[N, C+1]`` and ``pred_masks`` ``[N, h, w]`` of one image.
+        cfg: the run config (``cfg.postprocess`` thresholds).
+        semantic: also return ``semantic`` (argmax of the class x mask probabilities).
+
+    Returns:
+        ``{"panoptic": [Ho, Wo] int32, "segments_info": [...]}`` (+ ``"semantic"`` [Ho, Wo] int64).
+    """
+    from kmax_deeplab.modeling.postprocess import panoptic_inference, semantic_inference
+
+    pp = cfg.postprocess
+    geometry = dict(canvas_size=canvas_size, valid_size=valid_size, output_size=output_size)
+    pan, info = panoptic_inference(
+        output["pred_logits"], output["pred_masks"], is_thing=is_thing,
+        train_id_to_category_id=list(train_id_to_category_id), variant=pp.variant,
+        thing_threshold=pp.thing_threshold, stuff_threshold=pp.stuff_threshold,
+        overlap_threshold=pp.overlap_threshold,
+        pixel_confidence_threshold=pp.pixel_confidence_threshold, class_weight=pp.class_weight,
+        mask_weight=pp.mask_weight, thing_area_limit=pp.thing_area_limit,
+        stuff_area_limit=pp.stuff_area_limit, **geometry)
+    result = {"panoptic": pan, "segments_info": info}
+    if semantic:
+        result["semantic"] = semantic_inference(output["pred_logits"], output["pred_masks"], **geometry)
+    return result
+
+
+def input_geometry(cfg: Any):
+    """The fixed canvas ``cfg.model.image_size``, mean-grey padding, ``(x - 127.5) / 127.5``."""
+    from kmax_deeplab.geometry import FixedCanvas
+
+    return FixedCanvas(tuple(int(s) for s in cfg.model.image_size))
+
+
+def check_config(cfg: Any) -> None:
+    """kMaX trains at its test canvas (spec §4): ``data.crop_size`` must equal ``model.image_size``."""
+    if tuple(cfg.data.crop_size) != tuple(cfg.model.image_size):
+        raise ValueError(f"data.crop_size {tuple(cfg.data.crop_size)} must equal model.image_size "
+                         f"{tuple(cfg.model.image_size)} (kMaX trains at the test canvas; spec §4)")
+
+
+def build_optimizer(model, cfg: Any):
+    """AdamW over the bytedance parameter groups (:func:`kmax_deeplab.solver.build_optimizer`)."""
+    from kmax_deeplab.solver import build_optimizer as build
+
+    return build(model, cfg.solver)
+
+
+def build_scheduler(optimizer, cfg: Any):
+    """Warmup + poly (:func:`kmax_deeplab.solver.build_scheduler`)."""
+    from kmax_deeplab.solver import build_scheduler as build
+
+    return build(optimizer, cfg.solver)
+
+
+def import_deeplab2(src, model, cfg: Any, strict: bool = True):
+    """deeplab2 TF checkpoint (prefix, ``.index`` or archive folder) -> our state dict."""
+    from kmax_deeplab.checkpoints.deeplab2_tf import load_deeplab2_checkpoint
+
+    return load_deeplab2_checkpoint(src, model, dataset=cfg.data.dataset, num_classes=cfg.model.num_classes,
+                                    backbone=cfg.model.backbone, strict=strict)
+
+
+def import_detectron2(src, model, cfg: Any, strict: bool = True):
+    """bytedance detectron2 ``.pth`` / ``.pkl`` -> our state dict."""
+    from kmax_deeplab.checkpoints.detectron2 import load_detectron2_checkpoint
+
+    return load_detectron2_checkpoint(src, model, strict=strict)
+
+
+def import_imagenet(src, model, cfg: Any, strict: bool = True):
+    """ImageNet backbone weights into ``model.backbone``; the rest keeps its initialisation."""
+    from kmax_deeplab.checkpoints.imagenet import load_imagenet_backbone
+
+    load_imagenet_backbone(src, model.backbone, strict=strict)
+    return model.state_dict()
+
+
+#: The keyword arguments of kMaX's ``Family`` row.
+KMAX = dict(
+    name="kmax",
+    description="kMaX-DeepLab (k-means Mask Transformer, ECCV 2022)",
+    sections={"model": KMaXModelConfig, "loss": KMaXLossConfig, "postprocess": KMaXPostProcessConfig},
+    build_model=build_model,
+    build_criterion=build_criterion,
+    postprocess=postprocess,
+    input_geometry=input_geometry,
+    build_optimizer=build_optimizer,
+    build_scheduler=build_scheduler,
+    importers={"deeplab2": import_deeplab2, "detectron2": import_detectron2, "imagenet": import_imagenet},
+    check_config=check_config,
+    inference_keys=("pred_logits", "pred_masks"),
+    mask_stride=4,
+)
