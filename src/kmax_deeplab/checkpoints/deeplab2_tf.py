@@ -365,6 +365,9 @@ def convert_deeplab2(variables: Mapping[str, np.ndarray], target: torch.nn.Modul
         CheckpointMismatchError: wrong backbone family, leftovers or shape mismatches.
     """
     stripped = {(k[:-len(_SUFFIX)] if k.endswith(_SUFFIX) else k): v for k, v in variables.items()}
+    if "encoder/memory_feature" in stripped:  # MaX-DeepLab's memory: another model family
+        raise CheckpointMismatchError(f"{source} holds a MaX-DeepLab checkpoint but the model is kMaX-DeepLab "
+                                      f"(use a coco/max_deeplab_* config)")
     found = detect_backbone(list(stripped))
     if backbone is not None and found is not None:
         want = "resnet50" if backbone.startswith("resnet50") else "convnext" if "convnext" in backbone else backbone

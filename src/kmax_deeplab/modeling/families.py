@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping
 from torch import nn
 
 from kmax_deeplab.modeling.kmax.family import KMAX
+from kmax_deeplab.modeling.max_deeplab.family import MAX_DEEPLAB
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class Family:
 #: ``meta_architecture`` -> :class:`Family`. MaX-DeepLab and K-Net add their rows here.
 FAMILIES: dict[str, Family] = {
     "kmax": Family(**KMAX),
+    "max_deeplab": Family(**MAX_DEEPLAB),
 }
 
 

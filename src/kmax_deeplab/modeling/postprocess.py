@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["resize_mask_logits", "panoptic_inference", "pixelwise_panoptic_inference", "semantic_inference",
+__all__ = ["resize_mask_logits", "panoptic_inference", "pixelwise_panoptic_inference", "pixelwise_semantic_inference",
+           "semantic_inference",
            "semantic_probabilities"]
 
 VARIANTS = ("bytedance", "deeplab2")
@@ -458,3 +459,26 @@ def pixelwise_panoptic_inference(
     for info in segments_info:
         label_map[ids == info["id"]] = info["category_id"] * label_divisor + by_id[info["id"]]["instance"]
     return ids, segments_info, label_map
+
+
+def pixelwise_semantic_inference(pred_logits: Tensor, pred_masks: Tensor, *,
+                                 canvas_size: Sequence[int] | None = None, valid_size: Sequence[int] | None = None,
+                                 output_size: Sequence[int] | None = None) -> Tensor:
+    """MaX-DeepLab's semantic prediction: the class of each pixel's argmax slot (no thresholds).
+
+    deeplab2's second post-processor (``post_processor/max_deeplab.py``, thresholds 0, no area
+    limits): per slot the argmax over the C classes (void dropped after the softmax); mask
+    logits upsampled to the canvas (align corners); per pixel the argmax slot; crop, nearest resize.
+
+    Args:
+        pred_logits: ``[N, C+1]``; pred_masks: ``[N, h, w]``; geometry as in
+            :func:`pixelwise_panoptic_inference`.
+
+    Returns:
+        ``[Ho, Wo]`` int64 train ids.
+    """
+    canvas, valid, output, _ = _geometry(pred_masks, canvas_size, valid_size, output_size, True)
+    num_classes = pred_logits.shape[-1] - 1
+    classes = pred_logits.float().softmax(-1)[:, :num_classes].argmax(-1)  # [N]
+    slot = resize_mask_logits(pred_masks, canvas_size=canvas, align_corners=True).argmax(0)  # [H, W]
+    return _crop_resize_nearest(classes[slot].to(torch.int32), valid, output).long()

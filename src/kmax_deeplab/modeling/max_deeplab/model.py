@@ -94,8 +94,13 @@ class MaXDeepLab(nn.Module):
 
 
 def max_deeplab_encoder(variant: str, image_size: Sequence[int], *, num_queries: int = 128,
-                        drop_path_keep_prob: float = 0.8, norm: str = "BN") -> AxialResNet:
+                        drop_path_keep_prob: float = 0.8, norm: str = "BN", **sizes: Any) -> AxialResNet:
     """The deeplab2 ``max_deeplab_s`` / ``max_deeplab_l`` encoder for a canvas.
+
+    Args:
+        sizes: optional :class:`AxialResNet` size overrides (``width_multiplier``,
+            ``stem_width_multiplier``, ``num_blocks``, ``memory_channels``,
+            ``base_transformer_expansion``, ``global_ffn_channels``, ``ffn_channels``) for small models.
 
     Raises:
         ValueError: unknown variant or a canvas the axial attention cannot cover.
@@ -103,7 +108,7 @@ def max_deeplab_encoder(variant: str, image_size: Sequence[int], *, num_queries:
     if variant not in VARIANTS:
         raise ValueError(f"MaX-DeepLab variant must be one of {VARIANTS}, got {variant!r}")
     build = AxialResNet.max_deeplab_s if variant == "s" else AxialResNet.max_deeplab_l
-    return build(image_size, num_mask_slots=num_queries, drop_path_keep_prob=drop_path_keep_prob, norm=norm)
+    return build(image_size, num_mask_slots=num_queries, drop_path_keep_prob=drop_path_keep_prob, norm=norm, **sizes)
 
 
 def build_max_deeplab(cfg: Any) -> MaXDeepLab:
@@ -111,7 +116,10 @@ def build_max_deeplab(cfg: Any) -> MaXDeepLab:
 
     Reads ``variant`` (``"s"``/``"l"``), ``image_size``, ``num_classes``, ``num_queries``
     (128), ``drop_path_keep_prob`` (0.8), ``aux_semantic`` (``"decoder"``/``"none"``),
-    ``norm``; missing optional fields take the deeplab2 COCO values.
+    ``norm`` and the size knobs of :class:`~kmax_deeplab.modeling.max_deeplab.config.MaXModelConfig`
+    (``width_multiplier``, ``stem_width_multiplier``, ``num_blocks``, ``memory_channels``,
+    ``transformer_expansion``, ``ffn_dim``, ``head_dim``, ``pixel_feature_dim``); missing
+    fields take the deeplab2 COCO values.
 
     Raises:
         ValueError: bad variant, canvas or ``aux_semantic``.
@@ -120,20 +128,35 @@ def build_max_deeplab(cfg: Any) -> MaXDeepLab:
     image_size = tuple(int(s) for s in cfg.image_size)
     norm = str(getattr(cfg, "norm", "BN"))
     num_classes = int(cfg.num_classes)
+    sizes: Dict[str, Any] = {}
+    for field, key in (("width_multiplier", "width_multiplier"), ("stem_width_multiplier", "stem_width_multiplier")):
+        if float(getattr(cfg, field, 1.0)) != 1.0:
+            sizes[key] = float(getattr(cfg, field))
+    if tuple(getattr(cfg, "num_blocks", ()) or ()):
+        sizes["num_blocks"] = tuple(int(b) for b in cfg.num_blocks)
+    if int(getattr(cfg, "memory_channels", 0) or 0):
+        sizes["memory_channels"] = sizes["global_ffn_channels"] = int(cfg.memory_channels)
+    if float(getattr(cfg, "transformer_expansion", 0.0) or 0.0):
+        sizes["base_transformer_expansion"] = float(cfg.transformer_expansion)
+    if int(getattr(cfg, "ffn_dim", 2048)) != 2048:
+        sizes["ffn_channels"] = int(cfg.ffn_dim)
+    head_dim = int(getattr(cfg, "head_dim", 256))
     encoder = max_deeplab_encoder(variant, image_size, num_queries=int(getattr(cfg, "num_queries", 128)),
-                                  drop_path_keep_prob=float(getattr(cfg, "drop_path_keep_prob", 0.8)), norm=norm)
+                                  drop_path_keep_prob=float(getattr(cfg, "drop_path_keep_prob", 0.8)), norm=norm,
+                                  **sizes)
     predictor = KMaXPredictor(encoder.panoptic_channels, num_classes, query_dim=encoder.memory_feature_channels,
-                              hidden_dim=256, pixel_feature_dim=128, norm=norm, act="relu")
+                              hidden_dim=head_dim, pixel_feature_dim=int(getattr(cfg, "pixel_feature_dim", 128)),
+                              norm=norm, act="relu")
     aux = str(getattr(cfg, "aux_semantic", "decoder"))
     semantic_head: Optional[nn.Module] = None
     if aux == "decoder":
         if encoder.extra_decoder_num_stacks:  # MaX-L: feature_semantic is already at stride 4
-            semantic_head = AuxSemanticHead(encoder.panoptic_channels, num_classes + 1, channels=256, norm=norm,
+            semantic_head = AuxSemanticHead(encoder.panoptic_channels, num_classes + 1, channels=head_dim, norm=norm,
                                             act="relu")
         else:
             semantic_head = AuxSemanticDecoder(
                 encoder.semantic_channels, encoder.endpoint_channels["stage3"], encoder.endpoint_channels["stage2"],
-                num_classes + 1, channels=256, low_level_channels=(64, 32), activate_low_level=False, norm=norm,
+                num_classes + 1, channels=head_dim, low_level_channels=(64, 32), activate_low_level=False, norm=norm,
                 align_corners="always", act="relu")
     elif aux != "none":
         raise ValueError(f"model config: aux_semantic must be 'decoder' or 'none' for MaX-DeepLab, got {aux!r}")
