@@ -55,6 +55,9 @@ def test_coco_presets_follow_the_deeplab2_recipe(name, variant, size, lr, params
     slow = {n for g in opt.param_groups if g["lr_multiplier"] == 0.1 for n in g["names"]}
     fast = {n for g in opt.param_groups if g["lr_multiplier"] == 1.0 for n in g["names"]}
     assert slow and not slow & fast
+    # deeplab2's backbone optimizer holds 41,343,424 of the 61,726,624 encoder parameters
+    # (its name rule applied to the Keras variables of max_deeplab_s, read off deeplab2 on CPU)
+    assert sum(p.numel() for g in opt.param_groups if g["lr_multiplier"] == 0.1 for p in g["params"]) == 41_343_424
     assert "encoder.stage5.block1.attention._height_axis.qkv_transform.conv.weight" in slow
     for n in ("encoder.memory_feature", "encoder.stage5.block1_transformer._memory_qkv_conv_bn.conv.weight",
               "encoder.class_feature_extra.conv.weight", "predictor._transformer_class_head.conv.weight"):
