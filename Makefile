@@ -27,8 +27,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
 
+# Every benchmark with its defaults (long on a CPU); `make bench BENCH_ARGS=--quick` for a smoke run.
 bench: $(STAMP)
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache

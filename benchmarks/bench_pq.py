@@ -1,11 +1,16 @@
-"""Benchmark: PQ evaluation of synthetic 1024x2048 GT/prediction PNG pairs, ours vs
-panopticapi-lite (the official code) in the same run.
+"""Benchmark: PQ evaluation of synthetic 1024x2048 GT/prediction PNG pairs in one run,
+on the same files: panopticapi-lite (the official code), ours from files
+(``backend="kmax"``), hotcoco (``backend="hotcoco"``, the default of ``kmax evaluate``)
+and ours in memory (``PanopticEvaluator.update`` on decoded id maps, as in training
+validation and ``kmax predict --evaluate``: no PNG involved).
 
 Each GT has ~30-60 segments (Voronoi cells with jittered boundaries, random 24-bit
 ids, ~1/3 stuff, a few crowd and VOID cells); the prediction is the GT shifted, with
-some cells relabelled, merged, dropped or split. Both evaluators read the same PNG
-files; panopticapi uses a Pool over all CPUs, ours ``num_workers`` processes. Ours
-uses the ``[fast]`` extra (libdeflate, libspng) when installed.
+some cells relabelled, merged, dropped or split. panopticapi uses a Pool over all CPUs,
+ours ``num_workers`` processes, hotcoco its own Rust threads (all CPUs). The in-memory
+path runs in this one process; only ``update`` is timed (the maps are decoded before,
+untimed, one pair at a time so that 500 pairs need no 8 GB of RAM). Ours uses the
+``[fast]`` extra (libdeflate, libspng) when installed.
 
     python benchmarks/bench_pq.py --num-images 100 --workers 2
 """
@@ -98,7 +103,8 @@ def main():
     ap.add_argument("--skip-reference", action="store_true", help="do not run panopticapi-lite")
     args = ap.parse_args()
 
-    from kmax_deeplab.evaluation import pq_compute
+    from kmax_deeplab.evaluation import PanopticEvaluator, evaluate_files, pq_compute
+    from kmax_deeplab.evaluation.panoptic_io import read_panoptic_png
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -106,11 +112,38 @@ def main():
         write_dataset(root, args.num_images, args.seed)
         print(f"wrote {args.num_images} pairs of {H}x{W} PNGs in {time.perf_counter() - t0:.1f} s")
         files = (root / "gt.json", root / "pred.json", root / "gt", root / "pred")
+        results = {}
         t0 = time.perf_counter()
-        ours = pq_compute(*map(str, files), num_workers=args.workers, progress=False)
+        ours = pq_compute(*map(str, files), num_workers=args.workers, progress=False, backend="kmax")
         t_ours = time.perf_counter() - t0
-        print(f"kmax_deeplab pq_compute ({args.workers} workers): {t_ours:.2f} s "
+        results["kmax files"] = ours
+        print(f"kmax_deeplab pq_compute backend=kmax ({args.workers} workers): {t_ours:.2f} s "
               f"({1000 * t_ours / args.num_images:.1f} ms/pair), PQ {100 * ours['All']['pq']:.3f}")
+        t0 = time.perf_counter()
+        hot = evaluate_files(*map(str, files), num_workers=args.workers, progress=False,
+                             backend="hotcoco")
+        t_hot = time.perf_counter() - t0
+        assert hot["backend"] == "hotcoco", "hotcoco is not installed or refused the input"
+        results["hotcoco files"] = hot["panoptic"]
+        print(f"kmax_deeplab pq_compute backend=hotcoco (hotcoco {_version('hotcoco')}, its own "
+              f"threads): {t_hot:.2f} s ({1000 * t_hot / args.num_images:.1f} ms/pair), "
+              f"PQ {100 * hot['panoptic']['All']['pq']:.3f}; {t_ours / t_hot:.2f}x ours from files")
+        gt_json = json.loads(files[0].read_text())
+        pred_anns = {a["image_id"]: a for a in json.loads(files[1].read_text())["annotations"]}
+        ev = PanopticEvaluator(gt_json["categories"])
+        t_mem = 0.0
+        for g in gt_json["annotations"]:
+            p = pred_anns[g["image_id"]]
+            gt_ids = read_panoptic_png(files[2] / g["file_name"])
+            pred_ids = read_panoptic_png(files[3] / p["file_name"])
+            t0 = time.perf_counter()
+            ev.update(gt_ids, g["segments_info"], pred_ids, p["segments_info"], image_id=g["image_id"])
+            t_mem += time.perf_counter() - t0
+        mem = ev.compute()["panoptic"]
+        results["kmax in memory"] = mem
+        print(f"kmax_deeplab PanopticEvaluator.update in memory (1 process): {t_mem:.2f} s "
+              f"({1000 * t_mem / args.num_images:.1f} ms/pair), PQ {100 * mem['All']['pq']:.3f}; "
+              f"{t_hot / t_mem:.2f}x hotcoco from files")
         if not args.skip_reference:
             from panopticapi.evaluation import pq_compute as ref_compute
 
@@ -120,19 +153,29 @@ def main():
             t_ref = time.perf_counter() - t0
             print(f"panopticapi-lite pq_compute ({os.cpu_count()} processes): {t_ref:.2f} s "
                   f"({1000 * t_ref / args.num_images:.1f} ms/pair), PQ {100 * ref['All']['pq']:.3f}")
-            diff = max(abs(ours[g][k] - ref[g][k]) for g in ("All", "Things", "Stuff") for k in ("pq", "sq", "rq"))
-            print(f"speedup {t_ref / t_ours:.2f}x; max |difference| of All/Things/Stuff PQ/SQ/RQ: {diff:.2e}")
-    from importlib.metadata import PackageNotFoundError, version
-
-    def _version(name):
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return "not installed"
-
+            results["panopticapi"] = ref
+            print(f"speedup over panopticapi: ours from files {t_ref / t_ours:.2f}x, hotcoco "
+                  f"(default of kmax evaluate) {t_ref / t_hot:.2f}x, in memory {t_ref / t_mem:.2f}x")
+        base_name, base = next(iter(results.items()))
+        for name, r in results.items():
+            diff = max(abs(r[g][k] - base[g][k]) for g in ("All", "Things", "Stuff") for k in ("pq", "sq", "rq"))
+            pc = max(abs(r["per_class"][c][k] - base["per_class"][c][k])
+                     for c in base["per_class"] for k in ("pq", "sq", "rq"))
+            print(f"max |{name} - {base_name}|: All/Things/Stuff PQ/SQ/RQ {diff:.2e}, per class {pc:.2e}")
+            if max(diff, pc) > 1e-12:
+                raise SystemExit(f"{name} and {base_name} disagree by {max(diff, pc):.2e}")
     print(f"hardware: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"numpy {np.__version__}, Pillow {_version('pillow')}, deflate (libdeflate) "
           f"{_version('deflate')}, pyspng (libspng) {_version('pyspng')}")
+
+
+def _version(name):
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
 
 
 if __name__ == "__main__":

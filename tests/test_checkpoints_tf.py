@@ -133,7 +133,23 @@ def test_reader_dtypes_and_corruption(tmp_path):
     flipped[10] ^= 0xFF  # corrupt one byte of the first tensor
     data.write_bytes(bytes(flipped))
     with pytest.raises(TFCheckpointError, match="CRC32C mismatch"):
-        load_variables(prefix, verify_checksums=True)
+        load_variables(prefix)  # always verified (issue 14): no flag needed
+    # the pure-Python fallback catches it too
+    import kmax_deeplab.checkpoints.checksums as checksums
+
+    native = checksums._NATIVE
+    checksums._NATIVE = None
+    try:
+        with pytest.raises(TFCheckpointError, match="CRC32C mismatch"):
+            load_variables(prefix)
+    finally:
+        checksums._NATIVE = native
+    # and `kmax convert` says so in one line
+    from kmax_deeplab import cli
+
+    assert cli.main(["convert", "--from", "deeplab2", str(prefix), str(tmp_path / "out"),
+                     "--config", "synthetic/kmax_tiny"]) == 1
+    assert not (tmp_path / "out").exists()
     index = tmp_path / "ckpt-1.index"
     index.write_bytes(index.read_bytes()[:-20])
     with pytest.raises(TFCheckpointError, match=r"ckpt-1\.index: not a TF checkpoint index"):

@@ -44,7 +44,7 @@ def files(pq_testdata):
 
 @pytest.fixture(scope="module")
 def file_result(files):
-    return pq_compute(*files, num_workers=0, progress=False)
+    return pq_compute(*files, num_workers=0, progress=False, backend="kmax")
 
 
 def test_matches_panopticapi_oracle(files, file_result):
@@ -66,7 +66,8 @@ def test_matches_official_numbers(file_result):
 def test_worker_processes_give_the_same_result(files, file_result):
     from kmax_deeplab.evaluation import evaluate_files
 
-    multi = evaluate_files(*files, num_workers=2, chunk_size=1, progress=False)["panoptic"]
+    multi = evaluate_files(*files, num_workers=2, chunk_size=1, progress=False,
+                           backend="kmax")["panoptic"]
     assert multi == file_result
 
 

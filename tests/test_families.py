@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import kmax_deeplab
-from kmax_deeplab.geometry import FixedCanvas
+from kmax_deeplab.geometry import FixedCanvas, ResizePad
 from kmax_deeplab.modeling import families
 from kmax_deeplab.modeling.sections import ModelConfig
 
@@ -104,7 +104,8 @@ TOY_FAMILY = families.Family(
     sections={"model": ToyModelConfig, "loss": ToyLossConfig, "postprocess": ToyPostProcessConfig},
     build_model=lambda cfg: ToyModel(cfg.model.num_classes, cfg.model.width),
     build_criterion=toy_criterion, postprocess=toy_postprocess,
-    input_geometry=lambda cfg: FixedCanvas(tuple(cfg.model.image_size)),
+    input_geometry=lambda cfg: (FixedCanvas(tuple(cfg.model.image_size)) if cfg.model.backbone != "resize_pad"
+                                else ResizePad(short=48, long=64, train_short=(36, 56))),
     build_optimizer=lambda model, cfg: torch.optim.Adam(model.parameters(), lr=cfg.solver.base_lr),
     build_scheduler=lambda opt, cfg: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0),
     importers={"toy_npz": toy_import})
@@ -177,6 +178,16 @@ def test_every_family_row_is_complete():
         families.get_family("nope")
 
 
+def test_kmax_info_lists_the_families(toy_family, capsys):
+    from kmax_deeplab.cli import main
+
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["families"][TOY] == {"description": "test-only toy family", "importers": ["toy_npz"], "presets": []}
+    assert "synthetic/kmax_tiny" in info["families"]["kmax"]["presets"]
+    assert info["families"]["kmax"]["importers"] == ["deeplab2", "detectron2", "imagenet"]
+
+
 def test_build_model_from_preset_config_yaml_and_folder(tmp_path):
     from kmax_deeplab.checkpoints.native import save_native
     from kmax_deeplab.modeling.kmax import KMaXDeepLab
@@ -212,7 +223,10 @@ def test_toy_family_config_sections(tmp_path, toy_family):
 
 
 @pytest.mark.slow
-def test_toy_family_trains_predicts_evaluates_and_converts(tmp_path, toy_family):
+@pytest.mark.parametrize("geometry", ["fixed_canvas", "resize_pad"])
+def test_toy_family_trains_predicts_evaluates_and_converts(tmp_path, toy_family, geometry):
+    """With ``resize_pad`` the training batches have variable sizes (short side 36..56),
+    padded to 32 by the collate, and test images are resized to 48 x 64."""
     from kmax_deeplab.checkpoints.native import load_native
     from kmax_deeplab.cli import main
     from kmax_deeplab.data.synthetic import write_synthetic_dataset
@@ -220,7 +234,7 @@ def test_toy_family_trains_predicts_evaluates_and_converts(tmp_path, toy_family)
 
     root = tmp_path / "data"
     write_synthetic_dataset(root, 6, 2, image_size=64, seed=0)
-    (tmp_path / "toy.yaml").write_text(TOY_YAML)
+    (tmp_path / "toy.yaml").write_text(TOY_YAML.replace("width: 8", f"width: 8, backbone: {geometry}"))
     run = tmp_path / "run"
     # train (the in-training validation runs at the end, through the family's post-processing)
     assert main(["train", "--config", str(tmp_path / "toy.yaml"), "--output-dir", str(run),

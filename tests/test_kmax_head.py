@@ -105,7 +105,12 @@ def test_cityscapes_stem_stage_and_head_only_semantic_branch():
     with torch.device("meta"):
         model = build_kmax(cfg, backbone=StandInBackbone(R50))
     sd = model.state_dict()
-    assert list(sd["pixel_decoder._in_norms.4.weight"].shape) == [64]
+    # bytedance sorts the decoder inputs by stride, stably over (stem, res2, ..): its stride-4 R50
+    # stem comes before res2 (kmax_pixel_decoder.py; its own code fails to load our weights otherwise).
+    assert list(sd["pixel_decoder._in_norms.3.weight"].shape) == [64]
+    assert list(sd["pixel_decoder._in_norms.4.weight"].shape) == [256]
+    assert "pixel_decoder._resized_fuses.2._conv_bn_high.conv.weight" not in sd  # 64-ch stem into 64 filters
+    assert list(sd["pixel_decoder._resized_fuses.3._conv_bn_high.conv.weight"].shape) == [32, 256, 1, 1]
     assert list(sd["pixel_decoder._stages.4._blocks.0._conv3_bn.conv.weight"].shape) == [128, 32, 1, 1]
     assert list(sd["pixel_decoder._resized_fuses.3._conv_bn_low.conv.weight"].shape) == [32, 256, 1, 1]
     assert list(sd["predictor._cluster_centers.weight"].shape) == [256, 256]

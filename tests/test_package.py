@@ -92,6 +92,8 @@ def test_preset_numbers_follow_the_spec():
     assert ade.model.backbone_drop_path == 0.7 and ade.model.drop_path == 0.0
     assert ade.loss.instance_sample_k == 1024
     for name in PRESETS:
+        if get_preset(name).model.meta_architecture != "kmax":
+            continue  # the 32k+1 canvas is kMaX's geometry (K-Net: a (short, long) test scale)
         h, w = get_preset(name).model.image_size
         assert (h - 1) % 32 == 0 and (w - 1) % 32 == 0, name
 

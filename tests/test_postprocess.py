@@ -44,7 +44,8 @@ def check_areas(panoptic: torch.Tensor, segments_info: list[dict]) -> None:
 def run(logits, masks, **kw):
     kw.setdefault("is_thing", IS_THING)
     kw.setdefault("train_id_to_category_id", CAT_IDS)
-    pan, info = panoptic_inference(torch.tensor(logits), masks, **kw)
+    result = panoptic_inference(torch.tensor(logits), masks, **kw)
+    pan, info = result.panoptic, result.segments_info
     check_areas(pan, info)
     return pan, info
 
@@ -194,7 +195,8 @@ def test_deeplab2_area_limits_and_label_map():
     kw = dict(is_thing=IS_THING, train_id_to_category_id=CAT_IDS, variant="deeplab2",
               thing_threshold=0.7, stuff_threshold=0.5, thing_area_limit=4, stuff_area_limit=5,
               return_label_map=True, label_divisor=1000, ignore_label=255)
-    pan, info, label = panoptic_inference(torch.tensor(logits), masks, **kw)
+    result = panoptic_inference(torch.tensor(logits), masks, **kw)
+    pan, info, label = result.panoptic, result.segments_info, result.label_map
     check_areas(pan, info)
     assert sorted((s["category_id"], s["area"]) for s in info) == [(11, 4), (21, 5)]
     assert (pan.numpy()[t_small | s_c] == 0).all()
@@ -223,3 +225,29 @@ def test_semantic_inference_weighs_class_by_mask_probability():
                                                      0.5 * 0.4 / 3 + 0.5 * 0.9], abs=1e-5)
     sem = semantic_inference(logits, masks)
     assert sem.dtype == torch.int64 and sem.tolist() == [[1, 2]]
+
+
+def test_sigmoid_class_and_mask_activations():
+    """A sigmoid-scored family (K-Net style): [N, C] logits without void, masks scored alone.
+
+    Both masks cover every pixel with logit 3: under the query softmax each pixel has
+    probability 0.5 for both (binary at 0.4: both full, the second query then overlaps fully
+    and is dropped); under sigmoids each mask alone has probability sigmoid(3) ~ 0.95.
+    """
+    logits = torch.tensor([[4.0, -4.0, -4.0], [-4.0, -4.0, 2.0]])  # [N=2, C=3], no void column
+    masks = torch.full((2, 5, 5), 3.0)
+    kw = dict(is_thing=[True, True, False], train_id_to_category_id=[1, 2, 3], thing_threshold=0.5,
+              stuff_threshold=0.5, overlap_threshold=0.8, pixel_confidence_threshold=0.6)
+    res = panoptic_inference(logits, masks, class_activation="sigmoid", mask_activation="sigmoid", **kw)
+    assert [(s["category_id"], round(s["score"], 6)) for s in res.segments_info] == [
+        (1, round(float(torch.sigmoid(torch.tensor(4.0))), 6))]
+    assert res.label_map is None and int((res.panoptic == 1).sum()) == 25
+    # the same masks under the query softmax are 0.5 < 0.6 everywhere: nothing survives
+    void_col = torch.cat([logits, torch.full((2, 1), -9.0)], 1)
+    assert panoptic_inference(void_col, masks, **kw).segments_info == []
+    with pytest.raises(ValueError, match=r"\[N, C\] = \[N, 3\].*sigmoid"):
+        panoptic_inference(void_col, masks, class_activation="sigmoid", **kw)
+    with pytest.raises(ValueError, match="mask_activation"):
+        panoptic_inference(logits, masks, class_activation="sigmoid", mask_activation="relu", **kw)
+    sem = semantic_inference(logits, masks, class_activation="sigmoid", mask_activation="sigmoid")
+    assert sem.shape == (5, 5) and (sem == 0).all()

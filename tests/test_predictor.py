@@ -60,8 +60,9 @@ def test_fit_size_and_padding():
     assert fit_size(2000, 500, (1025, 2049)) == (1025, 256)
     img = np.full((10, 20, 3), 200, np.uint8)
     batch, valid = preprocess([img], (65, 65))
-    assert valid == [(32, 65)] and tuple(batch.shape) == (1, 3, 65, 65)
-    assert (batch[0, :, :32] == 200).all() and (batch[0, :, 32:] == 127.5).all()
+    # bytedance's test resize (detectron2 ResizeShortestEdge): 10 * 65/20 = 32.5 -> int(33.0) = 33
+    assert valid == [(33, 65)] and tuple(batch.shape) == (1, 3, 65, 65)
+    assert (batch[0, :, :33] == 200).all() and (batch[0, :, 33:] == 127.5).all()
 
 
 def test_maps_come_back_at_the_original_size_in_the_right_place():

@@ -71,8 +71,12 @@ def test_kmax_train_runs_and_resumes(synthetic_root, tmp_path):
     assert "val/PQ" in rows[-1]  # validated at the end of the run
     for name in ("loss_cls", "loss_dice", "loss_mask_id", "loss_insdis", "loss_sem"):
         assert f"loss/{name}" in rows[0]
-    # --resume with a longer schedule continues from step 3
-    assert main(args[:1] + ["--resume"] + args[1:] + ["solver.max_iters=4"]) == 0
+    # --resume with a longer schedule is refused unless accepted (issue 14) ...
+    assert main(args[:1] + ["--resume"] + args[1:] + ["solver.max_iters=4"]) == 2
+    assert not (out / "model_0000004.pt").exists()
+    # ... and with --resume-with-changes continues from step 3
+    assert main(args[:1] + ["--resume", "--resume-with-changes", "solver.max_iters"] + args[1:]
+                + ["solver.max_iters=4"]) == 0
     state = torch.load(out / "model_0000004.pt", weights_only=True)
     assert state["iteration"] == 4 and state["samples_seen"] == 8
     rows = read_metrics(out / "metrics.jsonl")

@@ -79,6 +79,7 @@ def read_weights(path: str | Path) -> dict:
     Raises:
         FileNotFoundError: nothing at ``path``.
         ValueError: unreadable safetensors, or another format (use ``kmax convert``).
+        ChecksumError / NonFiniteWeightsError: a SHA-256 mismatch, or NaN/inf weights.
     """
     path = Path(path)
     if path.is_dir():
@@ -88,10 +89,15 @@ def read_weights(path: str | Path) -> dict:
     if path.suffix == ".safetensors" and path.is_file():
         from safetensors.torch import load_file
 
+        from kmax_deeplab.checkpoints.checksums import check_finite, verify_sha256
+
+        verify_sha256(path)  # when a .sha256 sidecar is beside the file
         try:
-            return load_file(str(path))
+            state = load_file(str(path))
         except Exception as e:  # safetensors raises its own error types
             raise ValueError(f"{path}: cannot read safetensors weights ({e})") from None
+        check_finite(state, str(path))  # NaN/inf refused, naming the tensor
+        return state
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such weights file or checkpoint folder")
     raise ValueError(f"{path}: weights must be a checkpoint folder (model.safetensors + "

@@ -11,6 +11,7 @@ import sys
 from typing import Sequence
 
 from kmax_deeplab.commands.train import DESCRIPTION, add_train_arguments, run
+from kmax_deeplab.errors import debug_enabled, run_command
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -18,7 +19,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kmax_deeplab.train", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_train_arguments(parser)
-    return run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    return run_command(lambda: run(args), prog="kmax train", debug=debug_enabled(args))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -100,7 +100,9 @@ def draw_overlay(
     Raises:
         ValueError: image and panoptic sizes differ.
     """
-    img = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
+    from kmax_deeplab.data.image_io import image_to_rgb
+
+    img = image_to_rgb(image, np.uint8)  # the one image conversion (EXIF, 16-bit, palette, ...)
     pan = np.asarray(panoptic.cpu() if hasattr(panoptic, "cpu") else panoptic).astype(np.int64)
     if img.shape[:2] != pan.shape:
         raise ValueError(f"image {img.shape[:2]} and panoptic {pan.shape} sizes differ")

@@ -1,17 +1,23 @@
 """The native checkpoint format: ``model.safetensors`` + ``config.yaml`` in one folder.
 
 ``kmax convert`` writes it, the model zoo caches it, ``Predictor.from_pretrained`` and the
-trainer's exports read it. Both files are written atomically.
+trainer's exports read it. Both files are written atomically, with a third,
+``model.safetensors.sha256`` (``sha256sum`` format), which :func:`load_native` checks; it
+also refuses weights holding NaN/inf, naming the tensor
+(:mod:`kmax_deeplab.checkpoints.checksums`). A folder without the sidecar (written before
+it existed) loads with a warning.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Mapping
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from kmax_deeplab.checkpoints.checksums import check_finite, sha256_sidecar, verify_sha256, write_sha256
 from kmax_deeplab.config import Config, load_config, save_config
 from kmax_deeplab.fileio import atomic_path
 
@@ -37,6 +43,7 @@ def save_native(directory: str | Path, state_dict: Mapping[str, torch.Tensor], c
     tensors = {k: v.detach().contiguous().clone() for k, v in state_dict.items()}
     with atomic_path(directory / WEIGHTS_NAME) as tmp:
         save_file(tensors, str(tmp), metadata=dict(metadata or {}))
+    write_sha256(directory / WEIGHTS_NAME)
     with atomic_path(directory / CONFIG_NAME) as tmp:
         save_config(cfg, tmp)
     return directory
@@ -51,6 +58,8 @@ def load_native(directory: str | Path, device: str | torch.device = "cpu") -> tu
     Raises:
         FileNotFoundError: the folder lacks ``model.safetensors`` or ``config.yaml``.
         ValueError: the config is malformed, or the weights file is not valid safetensors.
+        ChecksumError: ``model.safetensors`` does not match ``model.safetensors.sha256``.
+        NonFiniteWeightsError: a tensor holds NaN/inf (the message names it).
     """
     directory = Path(directory)
     weights, config = directory / WEIGHTS_NAME, directory / CONFIG_NAME
@@ -58,10 +67,14 @@ def load_native(directory: str | Path, device: str | torch.device = "cpu") -> tu
         if not p.is_file():
             raise FileNotFoundError(f"{directory}: not a kmax-deeplab checkpoint folder ({p.name} is missing)")
     cfg = load_config(config)
+    if not verify_sha256(weights):
+        warnings.warn(f"{directory}: no {sha256_sidecar(weights).name}; the weights are not "
+                      "verified (re-save the folder to add one)", UserWarning, stacklevel=2)
     try:
         state = load_file(str(weights), device=str(device))
     except Exception as e:  # safetensors raises its own error types
         raise ValueError(f"{weights}: cannot read safetensors weights ({e})") from None
+    check_finite(state, str(weights))
     return cfg, state
 
 

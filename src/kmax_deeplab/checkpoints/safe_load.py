@@ -69,6 +69,26 @@ def load_pickle_numpy(path: str | Path) -> Any:
         raise ValueError(f"{path}: not a valid pickle weights file (truncated or corrupt: {e})") from None
 
 
+def _first_line(exc: BaseException) -> str:
+    """The first line of an error message (an empty message gives the type name).
+
+    torch's refusal goes on to advise ``weights_only=False``, which would execute the
+    pickle: only the first line is ever shown.
+    """
+    lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _refusal_reason(exc: BaseException) -> str:
+    """What torch's weights-only unpickler refused (e.g. ``Unsupported global: GLOBAL
+    posix.system``), without its advice to retry with ``weights_only=False``."""
+    for line in str(exc).splitlines():
+        if "Unsupported" in line or "Unpickler error" in line:
+            line = line.split("WeightsUnpickler error:")[-1].strip()
+            return line.split(" was not an allowed global")[0] + " (the file may run code)"
+    return "the pickle holds objects other than tensors (the file may run code)"
+
+
 def load_weights_file(path: str | Path) -> dict[str, np.ndarray | torch.Tensor]:
     """Read a ``.pth``/``.pt``/``.pkl``/``.safetensors`` weights file into ``name -> tensor``.
 
@@ -97,10 +117,10 @@ def load_weights_file(path: str | Path) -> dict[str, np.ndarray | torch.Tensor]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
             raise UnsafeCheckpointError(f"{path}: refused by torch.load(weights_only=True): "
-                                        f"{str(e).splitlines()[0]}") from None
-        except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+                                        f"{_refusal_reason(e)}") from None
+        except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, IndexError) as e:
             raise ValueError(f"{path}: not a valid PyTorch weights file (truncated or corrupt: "
-                             f"{str(e).splitlines()[0]})") from None
+                             f"{_first_line(e)})") from None
     for key in ("model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

@@ -5,6 +5,8 @@ whose regex fully matches a foreign name converts it. Templates are ``str.format
 strings over the regex's named groups with a few conversions in the format spec:
 
 - ``{b:-1}`` / ``{b:+1}``: the integer group minus / plus one (TF 1-based blocks -> 0-based);
+- ``{j:*2}`` / ``{j://2}``: the integer group times / floor-divided by two (mmdet module lists
+  with parameter-free modules interleaved);
 - ``{p:bn}``: TF batch-norm names (``gamma, beta, moving_mean, moving_variance``) ->
   ``weight, bias, running_mean, running_var``;
 - ``{p:wb}``: ``kernel`` -> ``weight``, ``bias`` -> ``bias``.
@@ -54,6 +56,10 @@ class _Formatter(string.Formatter):
     def format_field(self, value, format_spec):  # noqa: D102 - see module docstring
         if format_spec in ("-1", "+1"):
             return str(int(value) + int(format_spec))
+        if format_spec == "*2":
+            return str(int(value) * 2)
+        if format_spec == "//2":
+            return str(int(value) // 2)
         if format_spec == "bn":
             return _BN[value]
         if format_spec == "wb":

@@ -46,48 +46,9 @@ class TFCheckpointError(ValueError):
 
 
 # --------------------------------------------------------------------------- crc32c
-def _make_crc_table() -> list[int]:
-    poly = 0x82F63B78  # Castagnoli, reflected
-    table = []
-    for i in range(256):
-        c = i
-        for _ in range(8):
-            c = (c >> 1) ^ poly if c & 1 else c >> 1
-        table.append(c)
-    return table
-
-
-_CRC_TABLE = _make_crc_table()
-
-
-def _crc32c_py(data: bytes | memoryview) -> int:
-    crc = 0xFFFFFFFF
-    table = _CRC_TABLE
-    for b in bytes(data):
-        crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
-
-
-def _fast_crc32c() -> Callable[[bytes], int] | None:
-    """A C implementation of CRC32C if one is installed (optional), else None."""
-    try:
-        import google_crc32c  # type: ignore[import-not-found]
-
-        return lambda b: int(google_crc32c.value(bytes(b)))
-    except ImportError:
-        pass
-    try:
-        import crc32c  # type: ignore[import-not-found]
-
-        return lambda b: int(crc32c.crc32c(bytes(b)))
-    except ImportError:
-        return None
-
-
-def _unmask_crc(masked: int) -> int:
-    # LevelDB/TF crc masking: masked = ((crc >> 15) | (crc << 17)) + 0xa282ead8.
-    rot = (masked - 0xA282EAD8) & 0xFFFFFFFF
-    return ((rot >> 17) | (rot << 15)) & 0xFFFFFFFF
+# One implementation for the package (google-crc32c, or a tested pure-Python fallback).
+from kmax_deeplab.checkpoints.checksums import crc32c as _crc32c  # noqa: E402
+from kmax_deeplab.checkpoints.checksums import unmask_crc32c as _unmask_crc  # noqa: E402
 
 
 # --------------------------------------------------------------------------- varints / protobuf
@@ -191,7 +152,7 @@ def _read_block(data: bytes, offset: int, size: int, path: Path) -> bytes:
     if ctype != 0:
         raise TFCheckpointError(f"{path}: compressed index block (type {ctype}) is not supported")
     stored = struct.unpack_from("<I", data, offset + size + 1)[0]
-    if _crc32c_py(block + bytes([ctype])) != _unmask_crc(stored):
+    if _crc32c(block + bytes([ctype])) != _unmask_crc(stored):
         raise TFCheckpointError(f"{path}: corrupt index (block checksum mismatch at offset {offset})")
     return block
 
@@ -281,16 +242,16 @@ def list_variables(prefix: str | Path, name_prefix: str = "") -> dict[str, tuple
 
 
 def load_variables(prefix: str | Path, *, skip: Callable[[str], bool] | None = None,
-                   verify_checksums: bool | None = None) -> dict[str, np.ndarray]:
+                   verify_checksums: bool = True) -> dict[str, np.ndarray]:
     """Load the tensors of a TF checkpoint as numpy arrays.
 
     Args:
         prefix: checkpoint prefix (``.../ckpt-150000``).
         skip: predicate on the name; matching tensors are not read. String tensors
             (``_CHECKPOINTABLE_OBJECT_GRAPH``) are always skipped.
-        verify_checksums: check each tensor's CRC32C. ``None`` (default) checks it when a
-            C implementation (``google_crc32c`` or ``crc32c``) is installed and otherwise
-            checks only byte sizes; ``True`` forces the (slow, pure Python) check.
+        verify_checksums: check each tensor's CRC32C (default; ``google-crc32c``, a core
+            dependency, or the pure-Python fallback of :mod:`kmax_deeplab.checkpoints.checksums`);
+            ``False`` checks only byte sizes (debugging only).
 
     Returns:
         ``{name: array}``; float32/float16/int64/... keep their dtype, bfloat16 is
@@ -302,11 +263,7 @@ def load_variables(prefix: str | Path, *, skip: Callable[[str], bool] | None = N
     """
     prefix = Path(prefix)
     num_shards, entries = _read_index(prefix)
-    crc = _fast_crc32c()
-    if verify_checksums and crc is None:
-        crc = _crc32c_py
-    elif verify_checksums is False:
-        crc = None
+    crc = _crc32c if verify_checksums else None
     shards: dict[int, bytes] = {}
     out: dict[str, np.ndarray] = {}
     for name, e in entries.items():

@@ -45,13 +45,15 @@ class ZooEntry:
     Attributes:
         name: zoo name (``kmax predict --model NAME``).
         url: where the publisher serves it.
-        source: ``"deeplab2"`` (TF ``.tar.gz``) or ``"bytedance"`` (detectron2 ``.pth``).
+        source: ``"deeplab2"`` (TF ``.tar.gz``), ``"bytedance"`` (detectron2 ``.pth``) or
+            ``"mmdet"`` (original K-Net ``.pth``, ``{"state_dict", "meta"}``).
         dataset: ``coco``, ``cityscapes``, ``ade20k``.
         backbone: backbone name of our model.
         preset: config preset that builds the matching model.
-        pq: published val PQ (spec §6; official evaluation script).
+        pq: the published COCO val number of ``metric`` (spec §6 / knet.md §9).
         sha256: hex digest of the downloaded file, or None when unknown.
         note: provenance remark.
+        metric: ``"PQ"`` (panoptic) or ``"mask AP"`` (instance models).
     """
 
     name: str
@@ -63,6 +65,7 @@ class ZooEntry:
     pq: float
     sha256: str | None = None
     note: str = ""
+    metric: str = "PQ"
 
 
 def _tf(name: str, archive: str, dataset: str, backbone: str, preset: str, pq: float, note: str = "") -> ZooEntry:
@@ -124,6 +127,26 @@ _ENTRIES = [
         "coco/kmax_convnext_large", 64.4, "COCONut-trained; PQ on relabeled COCO-val, not COCO val"),
 ]
 
+# ZwwWayne/K-Net README (original mmdet .pth files). The filename suffix is the first 8 hex
+# digits of the file's SHA-256 (mmcv's publish convention), not checked here. R-101-DCN and
+# Swin-L need backbones this library does not have yet; the instance ms-3x R-50 / R-101 links
+# in the README point at a folder, not a file.
+_KNET = "https://download.openmmlab.com/mim-example/knet/det/knet/"
+_ENTRIES += [
+    ZooEntry("knet_r50_fpn_1x_coco_panoptic",
+             _KNET + "knet_s3_r50_fpn_1x_coco-panoptic/knet_s3_r50_fpn_1x_coco-panoptic_20211017_151750-395fbcba.pth",
+             "mmdet", "coco", "resnet50", "coco/knet_r50_fpn_1x", 44.3),
+    ZooEntry("knet_r50_fpn_ms3x_coco_panoptic",
+             _KNET + "knet_s3_r50_fpn_ms-3x_coco-panoptic/knet_s3_r50_fpn_ms-3x_coco-panoptic_20211017_054613-4375b8be.pth",
+             "mmdet", "coco", "resnet50", "coco/knet_r50_fpn_ms3x", 47.1),
+    ZooEntry("knet_r101_fpn_ms3x_coco_panoptic",
+             _KNET + "knet_s3_r101_fpn_ms-3x_coco-panoptic/knet_s3_r101_fpn_ms-3x_coco-panoptic_20211017_054501-9c600b0c.pth",
+             "mmdet", "coco", "resnet101", "coco/knet_r101_fpn_ms3x", 48.4),
+    ZooEntry("knet_r50_fpn_1x_coco_instance",
+             _KNET + "knet_s3_r50_fpn_1x_coco/knet_s3_r50_fpn_1x_coco_20211016_113017-8a8645d4.pth",
+             "mmdet", "coco", "resnet50", "coco/knet_r50_fpn_1x_instance", 34.0, metric="mask AP"),
+]
+
 #: name -> entry
 ZOO: Mapping[str, ZooEntry] = {e.name: e for e in _ENTRIES}
 
@@ -139,8 +162,11 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
     return Path(os.environ.get("KMAX_CACHE") or Path.home() / ".cache" / "kmax_deeplab")
 
 
+_CONVERTER = {"deeplab2": "deeplab2", "bytedance": "detectron2", "mmdet": "mmdet"}
+
+
 def _manual_hint(entry: ZooEntry) -> str:
-    kind = "deeplab2" if entry.source == "deeplab2" else "detectron2"
+    kind = _CONVERTER[entry.source]
     return (f"download {entry.url} yourself, then run\n"
             f"  kmax convert --from {kind} FILE ./{entry.name} --config {entry.preset}\n"
             f"  kmax predict IMAGES... -o preds/ --weights ./{entry.name}")
@@ -216,12 +242,18 @@ def convert_file(src: Path, dst: Path, *, source: str, preset: str, strict: bool
         raise ValueError(f"model family {family.name!r} has no {source!r} checkpoint importer "
                          f"(it has: {', '.join(sorted(family.importers)) or 'none'})")
     sd = importer(src, family.build_model(cfg), cfg, strict=strict)
+    from kmax_deeplab.checkpoints.checksums import check_finite
+
+    check_finite(sd, str(src))  # NaN/inf weights would predict nothing, silently
     meta = {"source": source, "original": Path(src).name, **(metadata or {})}
     dst = Path(dst)
     if dst.exists():
         raise FileExistsError(f"{dst}: already exists; choose a new output folder")
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent if dst.parent.exists() else None))
     try:
+        from kmax_deeplab.fileio import current_umask
+
+        os.chmod(tmp, 0o777 & ~current_umask())  # the folder a plain mkdir makes, not mkdtemp's 0700
         save_native(tmp, sd, cfg, meta)
         dst.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, dst)
@@ -276,7 +308,7 @@ def get_zoo_checkpoint(name: str, *, cache_dir: str | Path | None = None, url: s
         else:
             src = archive
         try:
-            convert_file(src, work / "native", source="deeplab2" if entry.source == "deeplab2" else "detectron2",
+            convert_file(src, work / "native", source=_CONVERTER[entry.source],
                          preset=entry.preset, metadata={"zoo_name": name, "url": src_url, "sha256": digest})
         except Exception as e:
             raise ZooError(f"{name}: the downloaded file does not convert ({e}). {_manual_hint(entry)}") from e

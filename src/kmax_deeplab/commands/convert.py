@@ -6,7 +6,6 @@ A thin layer over :func:`kmax_deeplab.checkpoints.zoo.convert_file`.
 from __future__ import annotations
 
 import argparse
-import sys
 
 _EPILOG = """examples:
   kmax convert --from deeplab2 kmax_resnet50_coco_train/ ./kmax_r50_coco --config coco/kmax_r50_deeplab2
@@ -19,11 +18,9 @@ then: kmax predict IMAGES... -o preds/ --weights ./kmax_r50_coco
 def run(args: argparse.Namespace) -> int:
     from kmax_deeplab.checkpoints.zoo import convert_file
 
-    try:
-        out = convert_file(args.src, args.dst, source=args.source, preset=args.config, strict=not args.non_strict)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError, ImportError) as e:
-        print(f"kmax convert: {e}", file=sys.stderr)
-        return 1
+    # Errors (bad file, refused pickle, CRC mismatch, existing output) follow the CLI
+    # error policy of kmax_deeplab.errors: one line, exit code 1.
+    out = convert_file(args.src, args.dst, source=args.source, preset=args.config, strict=not args.non_strict)
     print(f"wrote {out}")
     return 0
 

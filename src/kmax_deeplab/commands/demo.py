@@ -22,7 +22,9 @@ def run(args: argparse.Namespace) -> int:
         run_demo(args.output, iters=args.iters, quick=args.quick, num_train=args.num_train,
                  num_val=args.num_val, seed=args.seed, progress=not args.no_progress)
     except ValueError as e:
-        print(f"kmax demo: {e}", file=sys.stderr)
+        from kmax_deeplab.errors import format_error
+
+        print(format_error(e, "kmax demo"), file=sys.stderr)
         return 2
     return 0
 

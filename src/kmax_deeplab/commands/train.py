@@ -24,8 +24,16 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", default=None, metavar="DIR",
                    help="run folder (default: solver.output_dir of the config)")
     p.add_argument("--resume", action="store_true",
-                   help="continue from DIR/last_checkpoint (model, optimizer, schedule, AMP scaler, "
-                        "RNG states, data position); starts from scratch when there is none")
+                   help="continue from the newest intact checkpoint in DIR (model, optimizer, "
+                        "schedule, AMP scaler, RNG states, data position; a corrupt newer one is "
+                        "skipped with a warning); starts from scratch when there is none. The "
+                        "config must be the stored one (see --resume-with-changes)")
+    p.add_argument("--resume-with-changes", action="append", default=[], metavar="KEYS",
+                   help="with --resume: accept these config changes against the stored run "
+                        "(comma-separated keys or sections, e.g. solver.max_iters or solver); "
+                        "other changes of schedule, batch, model or data are refused")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="print the traceback of an error (also: KMAX_DEBUG=1)")
     p.add_argument("--data-root", default=None, metavar="DIR",
                    help="dataset root (shortcut for data.root=DIR)")
     p.add_argument("--no-progress", action="store_true",
@@ -43,9 +51,15 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.data_root is not None:
         overrides.append(f"data.root={args.data_root}")
+    from kmax_deeplab.engine.resume import parse_accepted
+    from kmax_deeplab.errors import ConfigError
+
+    accepted = parse_accepted(args.resume_with_changes)
+    if accepted and not args.resume:
+        raise ConfigError("--resume-with-changes: only valid with --resume")
     cfg = load_config(args.config, overrides)
     train_from_config(cfg, output_dir=args.output_dir, resume=args.resume,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, accept_changes=accepted)
     return 0
 
 

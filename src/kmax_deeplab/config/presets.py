@@ -173,6 +173,68 @@ def _max_tiny() -> Config:
     )
 
 
+# K-Net (knet.md §8): COCO train2017 has 118,287 images; 16 per step -> 7,393 steps per epoch.
+_KNET_EPOCH = 7393
+
+
+def _knet(backbone: str, schedule: str, task: str) -> Config:
+    """K-Net on COCO: AdamW 1e-4, wd 0.05, backbone x0.25, clip 1, 1000-step linear warmup
+    from 0.001x, step decay x0.1 (1x: 12 epochs, steps at 8 and 11; ms-3x: 36 epochs, steps
+    at 27 and 33), batch 16.
+
+    Training sizes come from the family's geometry (``model.train_short``, long side <= 1333,
+    flips); ``data.crop_size`` and the scale jitter are kMaX's and unused here.
+    """
+    from kmax_deeplab.modeling.knet.config import KNetLossConfig, KNetModelConfig, KNetPostProcessConfig
+
+    epochs, steps = (12, (8, 11)) if schedule == "1x" else (36, (27, 33))
+    panoptic = task == "panoptic"
+    short = "r50" if backbone == "resnet50" else "r101"
+    return Config(
+        name=f"coco/knet_{short}_fpn_{schedule}" + ("" if panoptic else "_instance"),
+        model=KNetModelConfig(backbone=backbone, task=task, num_classes=133 if panoptic else 80,
+                              num_queries=100, image_size=(800, 1333),
+                              train_short=(800, 800) if schedule == "1x" else (640, 800)),
+        data=DataConfig(dataset="coco", crop_size=(800, 1333),
+                        min_scale=1.0 if schedule == "1x" else 0.8, max_scale=1.0,
+                        color_jitter=False, copy_paste=False),
+        loss=KNetLossConfig(rank_weight=0.1),
+        solver=SolverConfig(batch_size=16, max_iters=epochs * _KNET_EPOCH, base_lr=1e-4, weight_decay=0.05,
+                            backbone_lr_multiplier=0.25, warmup_iters=1000, warmup_factor=0.001,
+                            optimizer="adamw", lr_schedule="warmup_step",
+                            lr_steps=tuple(e * _KNET_EPOCH for e in steps), lr_gamma=0.1,
+                            clip_grad_norm=1.0, output_dir="runs/knet"),
+        postprocess=KNetPostProcessConfig(instance_score_threshold=0.3, overlap_threshold=0.6),
+    )
+
+
+def _knet_tiny(task: str = "panoptic") -> Config:
+    """A small K-Net for tests: synthetic data (4 thing + 3 stuff classes), 128x128, CPU-trainable."""
+    from kmax_deeplab.modeling.knet.config import KNetLossConfig, KNetModelConfig, KNetPostProcessConfig
+
+    panoptic = task == "panoptic"
+    return Config(
+        name="synthetic/knet_tiny" + ("" if panoptic else "_instance"),
+        model=KNetModelConfig(backbone="resnet_tiny", task=task, num_classes=7 if panoptic else 4,
+                              num_thing_classes=4, num_queries=8, image_size=(128, 128), num_stages=2,
+                              train_short=(96, 128),
+                              hidden_dim=32, num_heads=4, ffn_dim=64, num_groups=4, frozen_stages=-1,
+                              norm_eval=False),
+        data=DataConfig(dataset="synthetic", root="", train_image_dir="train/images",
+                        train_json="train/panoptic.json", train_panoptic_dir="train/panoptic",
+                        val_image_dir="val/images", val_json="val/panoptic.json",
+                        val_panoptic_dir="val/panoptic", crop_size=(128, 128), min_scale=0.8,
+                        max_scale=1.2, min_valid_pixels=64, num_workers=0, color_jitter=False,
+                        copy_paste=False),
+        loss=KNetLossConfig(),
+        solver=SolverConfig(batch_size=4, max_iters=300, base_lr=1e-3, weight_decay=0.05,
+                            backbone_lr_multiplier=1.0, warmup_iters=20, lr_schedule="warmup_step",
+                            lr_steps=(250,), clip_grad_norm=1.0, checkpoint_period=100, eval_period=0,
+                            log_period=10, output_dir="runs/knet_tiny"),
+        postprocess=KNetPostProcessConfig(),
+    )
+
+
 def _named(factory: Callable[[], Config], name: str) -> Callable[[], Config]:
     def build() -> Config:
         cfg = factory()
@@ -196,6 +258,11 @@ PRESETS: dict[str, Callable[[], Config]] = {
     "coco/max_deeplab_l_1025": lambda: _max_coco("l", 1025),
     "synthetic/max_deeplab_tiny": _max_tiny,
 }
+for _task, _suffix in (("panoptic", ""), ("instance", "_instance")):
+    PRESETS[f"synthetic/knet_tiny{_suffix}"] = (lambda t=_task: _knet_tiny(t))
+    for _bb, _sched in (("resnet50", "1x"), ("resnet50", "ms3x"), ("resnet101", "ms3x")):
+        _n = f"coco/knet_{'r50' if _bb == 'resnet50' else 'r101'}_fpn_{_sched}{_suffix}"
+        PRESETS[_n] = (lambda bb=_bb, sc=_sched, t=_task: _knet(bb, sc, t))
 for _size in ("tiny", "small", "base", "large"):
     _bb = f"convnext_{_size}"
     PRESETS[f"coco/kmax_{_bb}"] = _named(

@@ -65,6 +65,12 @@ class DataConfig:
     copy_paste: bool = True  # BD panoptic copy-paste, second image at 0.5x scale (data/copy_paste.py)
     on_bad_sample: str = "raise"  # or "skip"
     num_workers: int = 4
+    # Test-time resize (kmax_deeplab.geometry.inference_size): the rule of "bytedance"
+    # (detectron2 ResizeShortestEdge, int(x + 0.5)) or "deeplab2" (resize_to_range, float32 floor);
+    # "reference" = model.reference's. Limits -1 = that reference's own values for the dataset.
+    test_resize: str = "reference"
+    test_min_size: int = -1
+    test_max_size: int = -1
 
 
 @dataclass
@@ -90,6 +96,7 @@ class SolverConfig:
         grad_accum_steps: micro-batches per optimizer step.
         checkpoint_period / eval_period / log_period: in optimizer steps (0 = off).
         nan_policy: ``"raise"`` (stop, naming the iteration and loss term) or ``"skip"``.
+        keep_last_n: after each checkpoint, delete all but the newest N (0 = keep all).
         seed: data order, augmentation and initialisation seed.
         output_dir: default run folder.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
@@ -116,6 +123,7 @@ class SolverConfig:
     eval_period: int = 5000
     log_period: int = 20
     nan_policy: str = "raise"  # or "skip"
+    keep_last_n: int = 0  # keep only the newest N training checkpoints (0 = all)
     seed: int = 0
     output_dir: str = "runs/kmax"
     device: str = "auto"  # "auto" (cuda:LOCAL_RANK if available, else cpu) | "cpu" | "cuda"
@@ -296,6 +304,8 @@ def load_config(source: str | Path, overrides: Sequence[str] = ()) -> Config:
     Raises:
         FileNotFoundError: ``source`` is neither a preset nor an existing file.
         ValueError: the file has unknown keys or badly typed values.
+        kmax_deeplab.errors.ConfigError: a value out of range or not a known choice
+            (:func:`~kmax_deeplab.config.validate.validate_config`).
     """
     from kmax_deeplab.config.presets import PRESETS, get_preset
 
@@ -329,7 +339,9 @@ def load_config(source: str | Path, overrides: Sequence[str] = ()) -> Config:
             cfg = config_from_dict(data)
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
-    return apply_overrides(cfg, overrides) if overrides else cfg
+    from kmax_deeplab.config.validate import validate_config
+
+    return validate_config(apply_overrides(cfg, overrides) if overrides else cfg)
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -56,7 +56,9 @@ class COCOPanopticDataset(Dataset):
             and return the next valid sample instead.
         category_id_is_train_id: ``category_id`` in ``segments_info`` is the contiguous
             train id (Cityscapes ``--use-train-id`` files). ``None`` (default) decides from
-            the JSON: true when it has neither ``images`` nor ``categories``.
+            the JSON: true when it has neither ``images`` nor ``categories`` (deeplab2's
+            files), or when its categories are the dataset's, by name, with ids 0..C-1
+            (createPanopticImgs ``--use-train-id``).
         seed: when given, sample ``i`` draws its augmentation from ``(seed, epoch, i)`` only
             (see :meth:`set_epoch`), independent of workers; otherwise from torch's global RNG, which
             :func:`~kmax_deeplab.data.loader.build_dataloader` seeds per worker.
@@ -88,7 +90,8 @@ class COCOPanopticDataset(Dataset):
         self.seed = seed
         data = _read_json(self.panoptic_json)
         if category_id_is_train_id is None:
-            category_id_is_train_id = "images" not in data and "categories" not in data
+            category_id_is_train_id = ("images" not in data and "categories" not in data) or (
+                _categories_are_train_ids(data.get("categories"), meta))
         self.category_id_is_train_id = bool(category_id_is_train_id)
         images = {img["id"]: img for img in data.get("images", [])}
         self.records: list[dict[str, Any]] = []
@@ -123,6 +126,11 @@ class COCOPanopticDataset(Dataset):
         """Path of the image of sample ``index`` (Cityscapes: also ``<city>/`` subfolders)."""
         name = self.records[index]["image_file"]
         path = self.image_dir / name
+        if not path.exists() and name.endswith("_gtFine_leftImg8bit.png"):
+            # createPanopticImgs names the image "<id>_gtFine_leftImg8bit.png"; the file is
+            # "<id>_leftImg8bit.png".
+            name = name[: -len("_gtFine_leftImg8bit.png")] + "_leftImg8bit.png"
+            path = self.image_dir / name
         if not path.exists() and "_" in name:
             city = self.image_dir / name.split("_")[0] / name
             if city.exists():
@@ -258,6 +266,20 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict) or "annotations" not in data:
         raise PanopticDataError(f"{path}: not a COCO-panoptic JSON (no 'annotations')")
     return data
+
+
+def _categories_are_train_ids(categories: Any, meta: DatasetMeta) -> bool:
+    """The JSON's categories are the dataset's in train-id order with ids 0..C-1 where the
+    dataset's category ids differ (createPanopticImgs ``--use-train-id``)."""
+    if not isinstance(categories, list) or len(categories) != meta.num_classes:
+        return False
+    try:
+        ids = [int(c["id"]) for c in categories]
+        names = [str(c.get("name")) for c in categories]
+    except (KeyError, TypeError, ValueError):
+        return False
+    return (ids == list(range(meta.num_classes)) and list(meta.train_id_to_category_id) != ids
+            and names == list(meta.class_names))
 
 
 def _image_name_for(ann: dict[str, Any]) -> str:

@@ -1,7 +1,8 @@
 """Batching and reproducible data loading.
 
-``collate_panoptic`` stacks images into ``images`` float32 ``[B, 3, H, W]`` and keeps
-per-image targets as a list (their M differ). Worker seeding follows the PyTorch
+``collate_panoptic`` stacks images into ``images`` float32 ``[B, 3, H, W]`` (padding images
+of different sizes, the padding void in the targets) and keeps per-image targets as a list
+(their M differ). Worker seeding follows the PyTorch
 reproducibility recipe: the DataLoader derives each worker's torch seed from its
 ``generator``; :func:`seed_worker` propagates it to ``numpy`` and ``random``.
 """
@@ -18,28 +19,61 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 __all__ = ["collate_panoptic", "seed_worker", "worker_init_fn", "build_dataloader"]
 
 
-def collate_panoptic(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Collate dataset samples into a batch.
+def collate_panoptic(samples: Sequence[dict[str, Any]], *, size_divisor: int = 1,
+                     pad_value: float | Sequence[float] = 127.5,
+                     ignore_label: int | None = None) -> dict[str, Any]:
+    """Collate dataset samples into a batch, padding images of different sizes.
+
+    Images of one size whose sides are multiples of ``size_divisor`` are stacked as they are
+    (the fixed-canvas families: kMaX, MaX). Otherwise every image is padded bottom/right to
+    the largest height and width, rounded up to a multiple of ``size_divisor`` (K-Net: 32),
+    and the padding is void in the targets: ``void`` True, ``masks`` False, ``semantic``
+    ``ignore_label``.
 
     Args:
-        samples: sample dicts (see :class:`~kmax_deeplab.data.coco_panoptic.COCOPanopticDataset`),
-            all with images of one size.
+        samples: sample dicts (see :class:`~kmax_deeplab.data.coco_panoptic.COCOPanopticDataset`).
+        size_divisor: batch height and width are multiples of this (1 = no rounding).
+        pad_value: image padding, one value or one per RGB channel (0..255 units; the
+            geometry's ``pixel_mean``, i.e. 0 after normalisation).
+        ignore_label: ``semantic`` of padded pixels (C, the dataset's void train id); needed
+            only when padding happens.
 
     Returns:
         ``{"images": float32 [B, 3, H, W], "targets": list of B dicts}``; each target holds
-        every key of its sample except ``image``.
+        every key of its sample except ``image`` (``valid_size`` stays the image's own region).
 
     Raises:
-        ValueError: empty batch or images of different sizes (use a fixed crop/canvas).
+        ValueError: empty batch, or padding needed without ``ignore_label``.
     """
     if not samples:
         raise ValueError("collate_panoptic: empty batch")
+    div = max(1, int(size_divisor))
     shapes = {tuple(s["image"].shape) for s in samples}
-    if len(shapes) != 1:
-        raise ValueError(f"collate_panoptic: images of different sizes {sorted(shapes)}; "
-                         "use a fixed crop size or ResizeLongestAndPad")
-    images = torch.stack([s["image"] for s in samples])
-    targets = [{k: v for k, v in s.items() if k != "image"} for s in samples]
+    if len(shapes) == 1 and all(d % div == 0 for d in next(iter(shapes))[-2:]):
+        images = torch.stack([s["image"] for s in samples])
+        targets = [{k: v for k, v in s.items() if k != "image"} for s in samples]
+        return {"images": images, "targets": targets}
+    if ignore_label is None:
+        raise ValueError(f"collate_panoptic: images of different sizes {sorted(shapes)} (or not multiples "
+                         f"of {div}) need padding; pass ignore_label (the semantic void id, C), or use a "
+                         "fixed crop size")
+    height = -(-max(s["image"].shape[-2] for s in samples) // div) * div
+    width = -(-max(s["image"].shape[-1] for s in samples) // div) * div
+    images = torch.empty((len(samples), 3, height, width), dtype=torch.float32)
+    images[:] = torch.as_tensor(pad_value, dtype=torch.float32).reshape(-1, 1, 1)
+    targets = []
+    for i, s in enumerate(samples):
+        h, w = s["image"].shape[-2:]
+        images[i, :, :h, :w] = s["image"]
+        t = {k: v for k, v in s.items() if k != "image"}
+        pad = (0, width - w, 0, height - h)
+        if "masks" in t:
+            t["masks"] = torch.nn.functional.pad(t["masks"], pad, value=False)
+        if "void" in t:
+            t["void"] = torch.nn.functional.pad(t["void"], pad, value=True)
+        if "semantic" in t:
+            t["semantic"] = torch.nn.functional.pad(t["semantic"], pad, value=int(ignore_label))
+        targets.append(t)
     return {"images": images, "targets": targets}
 
 

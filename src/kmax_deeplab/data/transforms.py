@@ -249,14 +249,59 @@ class ResizeLongestAndPad:
     be cropped to ``[:h, :w]`` and resized back to the original ``height``/``width``.
     """
 
-    def __init__(self, size: Sequence[int], pad_value: float = PAD_VALUE) -> None:
+    def __init__(self, size: Sequence[int], pad_value: float = PAD_VALUE,
+                 size_fn: Callable[[int, int], tuple[int, int]] | None = None) -> None:
         self.size = (int(size[0]), int(size[1]))
         self.pad_value = pad_value
+        # (h, w) -> resized (h, w); default: longer side to ``size``. The kMaX geometry passes the
+        # reference's own test-time rule (kmax_deeplab.geometry.inference_size).
+        self.size_fn = size_fn or (lambda h, w: _longest_side_size(h, w, self.size))
 
     def __call__(self, record: Record, rng: np.random.Generator | None = None) -> Record:
         h, w = record["panoptic"].shape
-        out = resize_crop(record, _longest_side_size(h, w, self.size))
+        out = resize_crop(record, self.size_fn(h, w))
         return pad_to(out, self.size, self.pad_value)
+
+
+def short_long_size(h: int, w: int, short: int, long: int) -> tuple[int, int]:
+    """Size of ``h x w`` resized, aspect kept, to fit ``short x long`` (one side reaches it).
+
+    mmcv ``rescale_size`` with ``keep_ratio=True`` (mmdet ``Resize(img_scale=(long, short))``,
+    K-Net's test resize to 1333x800): ``s = min(long / max(h, w), short / min(h, w))`` and each
+    side is ``int(side * s + 0.5)``.
+    """
+    s = min(long / max(h, w), short / min(h, w))
+    return int(h * s + 0.5), int(w * s + 0.5)
+
+
+class ResizeShortLong:
+    """Resize a record to fit ``short x long`` (aspect kept, no padding; the collate pads).
+
+    Args:
+        short: the short-side target, or ``(lo, hi)`` to draw it uniformly from (inclusive;
+            mmdet ``multiscale_mode='range'``, K-Net trains with (640, 800)).
+        long: the long-side cap (1333).
+        flip: mirror with probability 0.5 (training).
+    """
+
+    def __init__(self, short: int | Sequence[int], long: int, *, flip: bool = False) -> None:
+        self.short = (int(short), int(short)) if isinstance(short, (int, float)) else tuple(int(s) for s in short)
+        self.long = int(long)
+        self.flip = flip
+
+    def __call__(self, record: Record, rng: np.random.Generator | None = None) -> Record:
+        lo, hi = self.short
+        short = lo if lo == hi or rng is None else int(rng.integers(lo, hi + 1))
+        h, w = record["panoptic"].shape
+        size = short_long_size(h, w, short, self.long)
+        out = resize(record, size) if size != (h, w) else dict(record)
+        if self.flip and rng is not None and rng.random() < 0.5:
+            out = hflip(out)
+        # a writable, contiguous copy (resampled and decoded images may be read-only views)
+        out["image"] = np.array(out["image"])
+        out["panoptic"] = np.ascontiguousarray(out["panoptic"])
+        out["valid_size"] = size
+        return out
 
 
 def resize_longest_and_pad(image: torch.Tensor, size: Sequence[int],

@@ -51,12 +51,15 @@ def make_prepare_batch(num_classes: int, stride: int = MASK_STRIDE) -> Callable[
 def build_dataset(cfg: Any, split: str, *, is_train: bool | None = None) -> Any:
     """The ``train`` or ``val`` split of ``cfg.data`` as a ``COCOPanopticDataset``.
 
+    The transforms are those of the model family's input geometry (kMaX: large-scale jitter
+    crops of ``data.crop_size``; resize + pad at test time).
+
     Raises:
         FileNotFoundError / PanopticDataError: missing or malformed dataset files (named).
     """
     from kmax_deeplab.data.catalog import get_dataset_meta
     from kmax_deeplab.data.coco_panoptic import COCOPanopticDataset
-    from kmax_deeplab.data.transforms import build_transforms
+    from kmax_deeplab.modeling.families import family_of
 
     d = cfg.data
     root = Path(d.root)
@@ -67,7 +70,7 @@ def build_dataset(cfg: Any, split: str, *, is_train: bool | None = None) -> Any:
     train = split == "train" if is_train is None else is_train
     return COCOPanopticDataset(root / image_dir, root / json_file, root / pan_dir,
                                get_dataset_meta(d.dataset),
-                               transforms=build_transforms(d, is_train=train),
+                               transforms=family_of(cfg).input_geometry(cfg).transforms(d, is_train=train),
                                on_bad_sample=d.on_bad_sample)
 
 
@@ -91,7 +94,6 @@ def build_training(cfg: Any, *, eval_max_images: int | None = None, with_eval: b
     The model is built under the current RNG state; call :func:`seed_everything` first
     so that every rank builds identical weights.
     """
-    from kmax_deeplab.data.loader import collate_panoptic
     from kmax_deeplab.engine.validation import PanopticValidation
     from kmax_deeplab.modeling.families import family_of
 
@@ -103,8 +105,12 @@ def build_training(cfg: Any, *, eval_max_images: int | None = None, with_eval: b
     evaluate = None
     if with_eval:
         evaluate = PanopticValidation(cfg, build_dataset(cfg, "val"), max_images=eval_max_images)
-    return TrainingParts(model, criterion, train_ds, collate_panoptic,
-                         make_prepare_batch(cfg.model.num_classes, family.mask_stride), evaluate,
+    collate = family.input_geometry(cfg).collate(cfg.model.num_classes)
+    if family.full_resolution_targets:
+        from kmax_deeplab.engine.trainer import default_prepare_batch as prepare
+    else:
+        prepare = make_prepare_batch(cfg.model.num_classes, family.mask_stride)
+    return TrainingParts(model, criterion, train_ds, collate, prepare, evaluate,
                          optimizer_factory=lambda m: family.build_optimizer(m, cfg),
                          scheduler_factory=lambda opt: family.build_scheduler(opt, cfg))
 
@@ -119,14 +125,17 @@ def export_final_weights(cfg: Any, model: nn.Module, output_dir: Path, iteration
 
 def train_from_config(cfg: Any, *, output_dir: str | Path | None = None, resume: bool = False,
                       progress: bool = True, max_iters: int | None = None,
-                      eval_max_images: int | None = None) -> dict[str, Any]:
+                      eval_max_images: int | None = None,
+                      accept_changes: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
     """Train ``cfg`` in this process (one rank of a torchrun job, or alone).
 
     Args:
         cfg: a full :class:`~kmax_deeplab.config.Config`.
         output_dir: run folder (default ``cfg.solver.output_dir``); gets ``config.yaml``,
             checkpoints, ``metrics.jsonl``, ``tb/`` and, at the end, ``model_final/``.
-        resume: continue from ``output_dir/last_checkpoint`` when it exists.
+        resume: continue from the newest intact checkpoint of ``output_dir`` when there is
+            one; a stored config that differs in a way that changes the run is refused
+            unless its keys are in ``accept_changes`` (:mod:`kmax_deeplab.engine.resume`).
         progress: tqdm bar on rank 0 (else a log line every ``log_period`` steps).
         max_iters: stop early at this step (the schedule still spans ``solver.max_iters``).
         eval_max_images: limit the periodic validation to the first N val images.
@@ -134,17 +143,25 @@ def train_from_config(cfg: Any, *, output_dir: str | Path | None = None, resume:
     Returns:
         The trainer's summary (``iteration``, ``skipped_steps``, ``last_losses``, ``eval``)
         plus ``output_dir``, ``final`` (the exported folder or None) and ``pq_result``.
+
+    Raises:
+        DeviceError: ``solver.device`` does not exist here. ConfigError: refused resume
+        changes. Builder errors (model, data) come before the run folder is created.
     """
     from kmax_deeplab.config import config_to_dict, save_config
+    from kmax_deeplab.config.validate import check_device
+    from kmax_deeplab.engine.resume import check_fresh_run_folder, clean_run_folder, prepare_resume
     from kmax_deeplab.engine.trainer import Trainer
 
     setup_console_logging()
     out = Path(output_dir or cfg.solver.output_dir)
-    dist = init_distributed(getattr(cfg.solver, "device", "auto"))
+    if not resume:
+        check_fresh_run_folder(out)  # never mix two runs in one folder
+    device = getattr(cfg.solver, "device", "auto")
+    if device != "auto":
+        check_device(device, "solver.device")
+    dist = init_distributed(device)
     try:
-        if dist.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, out / "config.yaml")
         solver = cfg.solver
         if solver.amp == "fp16" and dist.device.type != "cuda":
             logger.warning("solver.amp=fp16 (the bytedance recipe) needs CUDA; training on %s in "
@@ -152,14 +169,21 @@ def train_from_config(cfg: Any, *, output_dir: str | Path | None = None, resume:
             solver = dataclasses.replace(solver, amp="none")
         seed_everything(int(cfg.solver.seed))
         parts = build_training(cfg, eval_max_images=eval_max_images)
+        # Only now, with config, model and data checked, is the run folder touched.
+        point = prepare_resume(out, config_to_dict(cfg), accept_changes) if resume else None
+        if dist.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            if resume:
+                clean_run_folder(out, int(point.state["iteration"]) if point else 0)
+            save_config(cfg, out / "config.yaml")
         trainer = Trainer(solver, parts.model, parts.criterion, parts.train_dataset,
                           parts.collate_fn, output_dir=out, dist=dist,
                           prepare_batch=parts.prepare_batch, evaluate_fn=parts.evaluate_fn,
                           config_dict=config_to_dict(cfg), num_workers=int(cfg.data.num_workers),
                           progress=progress, optimizer_factory=parts.optimizer_factory,
                           scheduler_factory=parts.scheduler_factory)
-        if resume:
-            trainer.resume_if_possible()
+        if point is not None:
+            trainer.load_state(point.state, point.path)
         summary = trainer.train(max_iters=max_iters)
         final = None
         if dist.is_main and trainer.iteration >= cfg.solver.max_iters:

@@ -60,8 +60,13 @@ def checkpoint_name(iteration: int) -> str:
     return f"model_{iteration:07d}.pt"
 
 
-def save_checkpoint(output_dir: str | Path, state: dict[str, Any], iteration: int) -> Path:
+def save_checkpoint(output_dir: str | Path, state: dict[str, Any], iteration: int, *,
+                    keep_last_n: int = 0) -> Path:
     """Atomically write ``state`` as ``model_{iteration}.pt`` and point ``last_checkpoint`` at it.
+
+    Args:
+        keep_last_n: after writing, delete all but the newest ``keep_last_n`` checkpoints
+            (``solver.keep_last_n``; 0 keeps every checkpoint).
 
     Returns:
         The checkpoint path.
@@ -72,7 +77,28 @@ def save_checkpoint(output_dir: str | Path, state: dict[str, Any], iteration: in
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
     atomic_write_text(output_dir / LAST_CHECKPOINT, path.name + "\n")
+    if keep_last_n > 0:
+        prune_checkpoints(output_dir, keep_last_n, keep=path)
     return path
+
+
+def prune_checkpoints(output_dir: str | Path, keep_last_n: int, *, keep: Path | None = None) -> list[Path]:
+    """Delete ``model_NNNNNNN.pt`` files except the newest ``keep_last_n`` (and ``keep``).
+
+    Returns:
+        The deleted paths.
+    """
+    output_dir = Path(output_dir)
+    found = sorted((int(p.stem[6:]), p) for p in output_dir.glob("model_*.pt")
+                   if p.stem[6:].isdigit())
+    doomed = [p for _, p in found[:-keep_last_n]] if keep_last_n > 0 else []
+    removed = []
+    for p in doomed:
+        if keep is not None and p.resolve() == Path(keep).resolve():
+            continue
+        p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
 
 
 def find_last_checkpoint(output_dir: str | Path) -> Path | None:
@@ -102,7 +128,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # corrupt file, or a pickle with non-tensor objects
-        raise ValueError(f"{path}: cannot load as a kmax training checkpoint: {e}") from e
+        # First line only: torch's message goes on to advise weights_only=False, which
+        # would run the pickle's code -- never repeat that advice.
+        first = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path}: cannot load as a kmax training checkpoint: {first}") from e
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path}: not a kmax training checkpoint (format {FORMAT!r} expected)")
     return state

@@ -2,7 +2,8 @@
 
 Model-family agnostic: the config's family (:data:`kmax_deeplab.modeling.families.FAMILIES`)
 builds the model, declares the input geometry (kMaX, spec ``kmax_deeplab.md`` §1 test time:
-the longer side resized to the canvas ``cfg.model.image_size``, padded right/bottom with 127.5,
+resized by the reference's own rule, ``data.test_resize`` / ``model.reference``, to fit the canvas
+``cfg.model.image_size`` (:func:`kmax_deeplab.geometry.inference_size`), padded right/bottom with 127.5,
 i.e. 0 after the model's ``x/127.5 - 1``; :mod:`kmax_deeplab.geometry`) and post-processes each
 image (kMaX: the mask logits upsampled to the canvas, cropped to the image and resized back,
 then mask-wise merging, §3).
@@ -16,7 +17,7 @@ from typing import Any, Iterable, Sequence, Union
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import nn
 
 from kmax_deeplab.api import read_weights
@@ -30,38 +31,38 @@ PAD_VALUE = 127.5  # kMaX's pad value (FixedCanvas.pixel_mean)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def load_image(image: ImageInput) -> np.ndarray:
-    """Return ``image`` as an RGB ``[H, W, 3]`` uint8 array.
+def load_image(image: ImageInput, *, max_pixels: int | None = None) -> np.ndarray:
+    """Return ``image`` as an RGB ``[H, W, 3]`` uint8 array, exactly as training reads it.
+
+    Files go through :func:`kmax_deeplab.data.image_io.load_rgb_image` (the one reader of
+    predict, training and validation: EXIF orientation, 16-bit and float images scaled,
+    palette/CMYK/LA converted), PIL images and arrays through
+    :func:`~kmax_deeplab.data.image_io.image_to_rgb` (same conversion).
 
     Args:
-        image: a path, a PIL image (any mode; converted to RGB), or a uint8 array
-            ``[H, W, 3]`` (RGB), ``[H, W, 4]`` (alpha dropped) or ``[H, W]`` (grey).
+        image: a path, a PIL image (any mode), or an array ``[H, W]``, ``[H, W, 1..4]`` of
+            uint8, uint16, bool or float (see ``image_to_rgb`` for the value ranges).
+        max_pixels: refuse files with more pixels (default: Pillow's decompression-bomb
+            limit, ``image_io.DEFAULT_MAX_PIXELS``).
 
     Raises:
         FileNotFoundError: the path does not exist.
-        ValueError: the file is not a readable image, or the array has a bad shape/dtype.
+        ValueError: the file is not a readable image (``ImageReadError``), has too many
+            pixels (``ImageTooLargeError``), or the array is empty or has a bad shape/dtype.
+        TypeError: another kind of object.
     """
+    from kmax_deeplab.data import image_io
+
     if isinstance(image, (str, Path)):
         path = Path(image)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such image file")
-        try:
-            with Image.open(path) as im:
-                return np.asarray(im.convert("RGB")).copy()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            raise ValueError(f"{path}: cannot read image ({e})") from None
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB")).copy()
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8:
-            raise ValueError(f"image array must be uint8 RGB, got dtype {image.dtype}")
-        if image.ndim == 2:
-            image = np.repeat(image[:, :, None], 3, axis=2)
-        if image.ndim != 3 or image.shape[2] not in (3, 4):
-            raise ValueError(f"image array must be [H, W, 3] (RGB), got shape {image.shape}")
-        return np.ascontiguousarray(image[:, :, :3])
+        limit = image_io.DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+        return image_io.load_rgb_image(path, dtype=np.uint8, max_pixels=limit)
+    if isinstance(image, (Image.Image, np.ndarray)):
+        return image_io.image_to_rgb(image, np.uint8)
     raise TypeError(f"unsupported image type {type(image).__name__}; "
-                    "give a path, a PIL image or a uint8 numpy array")
+                    "give a path, a PIL image or a numpy array")
 
 
 def preprocess(images: Sequence[np.ndarray], canvas: Sequence[int]) -> tuple[torch.Tensor, list]:
@@ -91,6 +92,12 @@ def dataset_meta(cfg: Any):
     from kmax_deeplab.data.catalog import get_dataset_meta
 
     meta = get_dataset_meta(cfg.data.dataset)
+    if getattr(cfg.model, "task", "panoptic") == "instance" and meta.num_classes != cfg.model.num_classes:
+        # an instance model predicts the thing classes only, in their train-id order (K-Net)
+        from kmax_deeplab.data.catalog import meta_from_categories
+
+        meta = meta_from_categories(f"{meta.name}_things", [c for c in meta.categories if c["isthing"]],
+                                    label_divisor=meta.label_divisor, ignore_label=meta.ignore_label)
     if meta.num_classes != cfg.model.num_classes:
         raise ValueError(f"config: model.num_classes={cfg.model.num_classes} but dataset "
                          f"{cfg.data.dataset!r} has {meta.num_classes} classes; set data.dataset "
@@ -120,8 +127,10 @@ class Predictor:
         compile: wrap the model in ``torch.compile``.
         batch_size: images per forward pass when a list is given.
         channels_last: run the model and its input in ``torch.channels_last`` memory format
-            (same results; ~20% faster at 1281² on CPU, see ``docs/benchmarks.md``, and the
-            layout tensor cores prefer).
+            (the same network, but other conv kernels: results differ by float rounding,
+            ~1e-6 relative per layer, which the k-means argmax can amplify into changed pixels,
+            see ``docs/parity.md``; ~20% faster at 1281² on CPU, see ``docs/benchmarks.md``, and
+            the layout tensor cores prefer).
     """
 
     def __init__(self, model: nn.Module, cfg: Any, *, meta: Any = None,
@@ -168,21 +177,30 @@ class Predictor:
         return cls(model, cfg, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, **kwargs) -> "Predictor":
-        """Load a native checkpoint folder (its ``config.yaml`` builds the model)."""
+    def from_pretrained(cls, folder: str | Path, *, overrides: Sequence[str] = (), **kwargs) -> "Predictor":
+        """Load a native checkpoint folder (its ``config.yaml``, with ``key=value`` overrides,
+        builds the model).
+
+        Raises:
+            ValueError: an override names an unknown key, or the weights do not fit.
+        """
         from kmax_deeplab.checkpoints.native import load_native
+        from kmax_deeplab.config import apply_overrides
 
         cfg, state = load_native(folder)
+        if overrides:
+            cfg = apply_overrides(cfg, overrides)
         model = family_of(cfg).build_model(cfg)
         load_state_strict(model, state, str(folder))
         return cls(model, cfg, **kwargs)
 
     @classmethod
-    def from_zoo(cls, name: str, **kwargs) -> "Predictor":
-        """Fetch (or reuse the cached) model-zoo checkpoint ``name`` and load it."""
+    def from_zoo(cls, name: str, *, overrides: Sequence[str] = (), **kwargs) -> "Predictor":
+        """Fetch (or reuse the cached) model-zoo checkpoint ``name`` and load it (see
+        :meth:`from_pretrained` for ``overrides``)."""
         from kmax_deeplab.checkpoints.zoo import get_zoo_checkpoint
 
-        return cls.from_pretrained(get_zoo_checkpoint(name), **kwargs)
+        return cls.from_pretrained(get_zoo_checkpoint(name), overrides=overrides, **kwargs)
 
     # ------------------------------------------------------------------ inference
     def forward_batch(self, images: Sequence[np.ndarray]) -> dict:
@@ -208,8 +226,9 @@ class Predictor:
 
         Returns:
             One dict per image: ``panoptic`` ``[H, W]`` int32 numpy (0 = void),
-            ``segments_info`` (``id``, ``category_id``, ``isthing``, ``score``, ``area``) and,
-            with ``semantic=True``, ``semantic`` ``[H, W]`` int64 train ids.
+            ``segments_info`` (``id``, ``category_id``, ``isthing``, ``score``, ``area``),
+            with ``semantic=True`` ``semantic`` ``[H, W]`` int64 train ids, and ``instances``
+            when the family's post-processing returns them.
         """
         raw = self.forward_batch(images)
         keys = [k for k in self.family.inference_keys if k in raw]
@@ -224,6 +243,8 @@ class Predictor:
                 result = {"panoptic": out["panoptic"].cpu().numpy(), "segments_info": out["segments_info"]}
                 if semantic:
                     result["semantic"] = out["semantic"].cpu().numpy()
+                if out.get("instances") is not None:
+                    result["instances"] = out["instances"]
                 results.append(result)
         return results
 

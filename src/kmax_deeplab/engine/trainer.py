@@ -44,7 +44,7 @@ from kmax_deeplab.engine.distributed import (
 from kmax_deeplab.engine.logging import MetricWriter
 from kmax_deeplab.solver import build_optimizer, build_scheduler
 from kmax_deeplab.engine.sampling import SeededDataset, StreamBatchSampler, split_micro_batch
-from kmax_deeplab.engine.sync_bn import convert_sync_batchnorm
+from kmax_deeplab.modeling.layers.sync_bn import convert_sync_batchnorm
 
 logger = logging.getLogger("kmax_deeplab.train")
 
@@ -176,16 +176,23 @@ class Trainer:
         state = self.state_dict()
         if not self.dist.is_main:
             return None
-        path = ckpt.save_checkpoint(self.output_dir, state, self.iteration)
+        path = ckpt.save_checkpoint(self.output_dir, state, self.iteration,
+                                    keep_last_n=int(getattr(self.solver, "keep_last_n", 0)))
         logger.info("saved checkpoint %s", path)
         return path
 
     def load(self, path: str | Path) -> None:
         """Restore a checkpoint written by :meth:`save` (``weights_only`` loading)."""
-        state = ckpt.load_checkpoint(path, map_location="cpu")
+        self.load_state(ckpt.load_checkpoint(path, map_location="cpu"), path)
+
+    def load_state(self, state: dict[str, Any], path: str | Path = "checkpoint") -> None:
+        """Restore a loaded checkpoint ``state`` (``path`` is only named in logs)."""
+        from kmax_deeplab.engine.resume import apply_solver_schedule
+
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        apply_solver_schedule(self.scheduler, self.optimizer, self.solver)  # accepted changes
         if state.get("scaler") is not None and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
         self.iteration = int(state["iteration"])
@@ -201,13 +208,23 @@ class Trainer:
             torch.manual_seed(int(self.solver.seed) * 1009 + self.dist.rank + self.iteration)
         logger.info("resumed from %s at iteration %d", path, self.iteration)
 
-    def resume_if_possible(self) -> bool:
-        """Load ``output_dir/last_checkpoint`` if it exists; returns whether it did."""
-        path = ckpt.find_last_checkpoint(self.output_dir)
-        if path is None:
+    def resume_if_possible(self, accept_changes: tuple[str, ...] | list[str] = ()) -> bool:
+        """Load the newest intact checkpoint of ``output_dir``; returns whether there was one.
+
+        A corrupt newer checkpoint is skipped with a warning; a stored config that differs
+        from ``config_dict`` in a way that changes the run is refused unless its keys are in
+        ``accept_changes`` (:mod:`kmax_deeplab.engine.resume`).
+        """
+        from kmax_deeplab.engine.resume import check_config_changes, latest_intact_checkpoint
+
+        point = latest_intact_checkpoint(self.output_dir)
+        if point is None:
             logger.info("no checkpoint in %s: starting from scratch", self.output_dir)
             return False
-        self.load(path)
+        if self.config_dict and point.state.get("config"):
+            check_config_changes(point.state["config"], self.config_dict, accept_changes,
+                                 where=str(self.output_dir))
+        self.load_state(point.state, point.path)
         return True
 
     # ------------------------------------------------------------------ data

@@ -64,6 +64,10 @@ class PredictionWriter:
         self.annotations: list[dict[str, Any]] = []
         self._stems: set[str] = set()
 
+    def reserve_stems(self, stems) -> None:
+        """Mark ``stems`` as taken (files of a resumed run), so new images get other names."""
+        self._stems.update(str(s) for s in stems)
+
     def _unique_stem(self, stem: str) -> str:
         candidate, k = stem, 1
         while candidate in self._stems:

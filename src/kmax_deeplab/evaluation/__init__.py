@@ -5,7 +5,12 @@ from kmax_deeplab.evaluation.errors import PanopticEvaluationError
 from kmax_deeplab.evaluation.instance import InstanceAPAccumulator
 from kmax_deeplab.evaluation.panoptic_io import read_panoptic_png, rgb_to_id
 from kmax_deeplab.evaluation.panoptic_quality import PanopticQualityAccumulator, pq_average, pq_compute
-from kmax_deeplab.evaluation.runner import PanopticEvaluator, evaluate_files, resolve_categories
+from kmax_deeplab.evaluation.runner import (
+    PanopticEvaluator,
+    evaluate_files,
+    merge_shard_results,
+    resolve_categories,
+)
 from kmax_deeplab.evaluation.semantic import SemanticAccumulator
 
 __all__ = [
@@ -15,6 +20,7 @@ __all__ = [
     "SemanticAccumulator",
     "InstanceAPAccumulator",
     "evaluate_files",
+    "merge_shard_results",
     "pq_compute",
     "pq_average",
     "read_panoptic_png",

@@ -7,7 +7,8 @@ are RLE-encoded with ``pycocotools.mask``. This is the AP that mask-transformer 
 report next to PQ (e.g. kMaX-DeepLab's Cityscapes AP column) when computed from the
 panoptic output; note that the official Cityscapes instance benchmark
 (``evalInstanceLevelSemanticLabeling``) uses its own matching, which this does not
-replicate.
+replicate: for that number use :mod:`~kmax_deeplab.evaluation.cityscapes_official`
+(``kmax evaluate --dataset cityscapes --instance``), which runs cityscapesScripts.
 """
 
 from __future__ import annotations

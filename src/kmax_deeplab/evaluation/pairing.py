@@ -15,6 +15,8 @@ listed segments in ``segments_info`` order, ``n + 1`` = unlisted id 0 (VOID).
 
 from __future__ import annotations
 
+import math
+import numbers
 import threading
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -148,7 +150,20 @@ def _check_segments(segments: Any, what: str, image_id: Any) -> list:
         if s["id"] in seen:
             raise PanopticEvaluationError(f"image {image_id!r}: {what} segment id {s['id']} is listed twice")
         seen.add(s["id"])
+        if "score" in s:
+            _check_score(s["score"], s["id"], what, image_id)
     return list(segments)
+
+
+def _check_score(score: Any, segment_id: Any, what: str, image_id: Any) -> None:
+    """A segment's ``score`` must be a finite real number (not a string, list or bool)."""
+    if isinstance(score, bool) or not isinstance(score, numbers.Real):
+        raise PanopticEvaluationError(
+            f"image {image_id!r}: {what} segment {segment_id} has score {score!r} "
+            f"({type(score).__name__}); expected a finite number")
+    if not math.isfinite(float(score)):
+        raise PanopticEvaluationError(
+            f"image {image_id!r}: {what} segment {segment_id} has a non-finite score {score!r}")
 
 
 def pair_segments(
@@ -174,7 +189,8 @@ def pair_segments(
         The :class:`SegmentPairing`.
 
     Raises:
-        PanopticEvaluationError: GT lists id 0 (VOID); size mismatch; an id in a PNG but not in its
+        PanopticEvaluationError: GT lists id 0 (VOID); a ``score`` that is not a finite
+            number; size mismatch; an id in a PNG but not in its
             ``segments_info`` (id 0 excepted) or listed but absent from the PNG;
             duplicate ids. Messages name the image and the segment ids.
     """

@@ -84,6 +84,10 @@ def load_panoptic_json(path: str | os.PathLike) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
+    except UnicodeDecodeError as exc:
+        raise PanopticEvaluationError(
+            f"cannot read panoptic JSON {os.fspath(path)}: not UTF-8 text ({exc.reason} at byte "
+            f"{exc.start})") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise PanopticEvaluationError(f"cannot read panoptic JSON {os.fspath(path)}: {exc}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
@@ -98,7 +102,8 @@ def match_annotations(gt_json: dict, pred_json: dict) -> list[tuple[dict, dict]]
     in the GT are ignored, and when a prediction ``image_id`` repeats the last wins.
 
     Raises:
-        PanopticEvaluationError: a ground-truth image has no prediction.
+        PanopticEvaluationError: a ground-truth image has no prediction, or two GT
+            annotations share an ``image_id``.
     """
     preds = {}
     for ann in pred_json["annotations"]:
@@ -106,12 +111,27 @@ def match_annotations(gt_json: dict, pred_json: dict) -> list[tuple[dict, dict]]
             raise PanopticEvaluationError(f"a prediction annotation has no 'image_id': {_short(ann)}")
         preds[ann["image_id"]] = ann
     pairs = []
+    seen: set = set()
     for gt_ann in gt_json["annotations"]:
         image_id = gt_ann.get("image_id")
+        try:
+            duplicate = image_id in seen
+            seen.add(image_id)
+        except TypeError:  # an unhashable id (list, dict)
+            raise PanopticEvaluationError(
+                f"ground-truth annotation image_id {image_id!r} is not a number or string") from None
+        if duplicate:
+            raise PanopticEvaluationError(
+                f"ground truth has two annotations with image_id {image_id!r} (file names "
+                f"{_dup_names(gt_json, image_id)}); image ids must be unique")
         if image_id not in preds:
             raise PanopticEvaluationError(f"no prediction for the image with id {image_id!r}")
         pairs.append((gt_ann, preds[image_id]))
     return pairs
+
+
+def _dup_names(gt_json: dict, image_id: Any) -> list:
+    return [a.get("file_name") for a in gt_json["annotations"] if a.get("image_id") == image_id][:4]
 
 
 def categories_by_id(categories: Sequence[dict] | dict) -> dict[int, dict]:

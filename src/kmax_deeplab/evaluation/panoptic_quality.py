@@ -259,6 +259,7 @@ def pq_compute(
     categories: Sequence[dict] | None = None,
     num_workers: int | None = None,
     progress: bool = True,
+    backend: str = "hotcoco",
 ) -> dict:
     """File-based PQ with panopticapi's signature and result layout.
 
@@ -270,7 +271,10 @@ def pq_compute(
         gt_folder, pred_folder: PNG folders; default: the JSON path without ``.json``.
         categories: overrides the GT JSON's categories.
         num_workers: processes (default: all CPUs; ``0``/``1``: in this process).
-        progress: show a tqdm progress bar.
+        progress: show a tqdm progress bar (``kmax`` backend).
+        backend: ``"hotcoco"`` (default; falls back to ours where hotcoco is missing
+            or differs, see :mod:`~kmax_deeplab.evaluation.hotcoco_backend`) or
+            ``"kmax"`` (ours, the reference).
 
     Returns:
         See :meth:`PanopticQualityAccumulator.compute`.
@@ -282,5 +286,6 @@ def pq_compute(
     from kmax_deeplab.evaluation.runner import evaluate_files  # runner imports this module
 
     out = evaluate_files(gt_json_file, pred_json_file, gt_folder, pred_folder,
-                         categories=categories, num_workers=num_workers, progress=progress)
+                         categories=categories, num_workers=num_workers, progress=progress,
+                         backend=backend)
     return out["panoptic"]

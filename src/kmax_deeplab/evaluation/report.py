@@ -39,3 +39,24 @@ def format_instance(ap: Mapping) -> str:
         return "  -  " if v is None else f"{100 * v:5.1f}"
     return "AP {}  AP50 {}  AP75 {}  APs {}  APm {}  APl {}".format(
         *(f(ap[k]) for k in ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")))
+
+
+def format_cityscapes_official(res: dict) -> str:
+    """Table of :func:`~kmax_deeplab.evaluation.cityscapes_official.evaluate_cityscapes_official`
+    results (percent; ``-`` where cityscapesScripts gives NaN)."""
+    def pct(v):
+        return "    -" if v is None else f"{100 * v:5.1f}"
+
+    lines = []
+    if "instance" in res:
+        inst = res["instance"]
+        lines.append(f"{'class':<15} {'AP':>6} {'AP50':>6}")
+        for name, v in inst["per_class"].items():
+            lines.append(f"{name:<15} {pct(v['ap']):>6} {pct(v['ap50']):>6}")
+        lines.append(f"{'average':<15} {pct(inst['ap']):>6} {pct(inst['ap50']):>6}  "
+                     f"(cityscapesScripts evalInstanceLevelSemanticLabeling)")
+    if "semantic" in res:
+        sem = res["semantic"]
+        lines.append(f"mIoU {pct(sem['miou'])}  iIoU {pct(sem['iiou'])}  "
+                     f"(cityscapesScripts evalPixelLevelSemanticLabeling, label ids)")
+    return "\n".join(lines)

@@ -5,11 +5,15 @@ Total loss = sum over the final output and each aux output of
 The final output is matched once and, by default, the matching (and the per-query weights
 derived from the final output) is shared with all aux outputs (BD ``SHARE_FINAL_MATCHING``).
 Everything runs in fp32 with autocast disabled.
+
+The generic part is :class:`SetCriterion`: loss terms looked up by name in a table
+(Mask2Former's ``get_loss``), a separate matching step (:class:`MatchOnce` per model as kMaX,
+:class:`MatchEachOutput` per output / stage as K-Net), weights checked at construction.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -22,7 +26,8 @@ from .matching import HungarianMatcher, ImageMatch
 from .pq_style import pq_class_loss, pq_dice_loss
 from .semantic import semantic_loss
 
-__all__ = ["TERMS", "MatchedTargets", "build_matched_targets", "KMaXCriterion", "build_criterion"]
+__all__ = ["KMAX_FINAL_TERMS", "KMAX_TERMS", "MATCHING_STEPS", "TERMS", "KMaXCriterion", "MatchEachOutput",
+           "MatchOnce", "MatchedTargets", "SetCriterion", "build_criterion", "build_matched_targets"]
 
 #: Names of the loss terms; the weight dict must have exactly these keys.
 TERMS = ("loss_cls", "loss_dice", "loss_mask_id", "loss_insdis", "loss_sem")
@@ -106,8 +111,163 @@ def build_matched_targets(
     return MatchedTargets(masks, classes, void, class_weight, dice_weight, inverse_area, semantic)
 
 
-class KMaXCriterion(nn.Module):
+# ---------------------------------------------------------------------- matching steps
+class MatchOnce:
+    """Match the final output once and share it with every aux output (kMaX, BD ``SHARE_FINAL_MATCHING``).
+
+    ``__call__(assign, final, auxes, targets)`` returns one matched-target object per output
+    (final first), where ``assign(output, targets)`` matches one output and lays the ground
+    truth out per query.
+    """
+
+    name = "once"
+
+    def __call__(self, assign, final, auxes, targets):
+        matched = assign(final, targets)
+        return [matched] + [matched] * len(auxes)
+
+
+class MatchEachOutput:
+    """Re-match every output on its own (deeplab2-style per-layer matching; K-Net per stage)."""
+
+    name = "each_output"
+
+    def __call__(self, assign, final, auxes, targets):
+        return [assign(final, targets)] + [assign(aux, targets) for aux in auxes]
+
+
+#: ``criterion.matching`` by name.
+MATCHING_STEPS = {"once": MatchOnce, "each_output": MatchEachOutput}
+
+
+# ---------------------------------------------------------------------- the generic criterion
+class SetCriterion(nn.Module):
+    """A set-prediction criterion: a swappable matching step and loss terms looked up by name.
+
+    As Mask2Former's ``SetCriterion.get_loss``, each term is a function in a table,
+    ``term(criterion, output, matched, generator) -> scalar``; adding a family's loss is one
+    entry. Unlike it, the weights are checked at construction: every weight names a term and
+    every term has a weight (no silent drop).
+
+    Args:
+        terms: name -> term function, applied to the final output and to every aux output
+            (aux results keyed ``{name}_aux{i}``).
+        final_terms: name -> term function applied to the final output only (it receives the
+            whole model output, e.g. ``semantic_logits``).
+        weight_dict: weight per name of ``terms`` and ``final_terms``, exactly; 0 disables a
+            term (neither computed nor returned).
+        assign: ``(output, targets) -> matched`` (matching plus per-query ground truth).
+        matching: a matching step (:class:`MatchOnce`, :class:`MatchEachOutput`).
+        output_keys: keys of each output cast to fp32 before the terms run.
+
+    Raises:
+        ValueError: a weight key names no term, a term has no weight, or a weight is < 0.
+    """
+
+    def __init__(self, terms: Mapping[str, Callable], final_terms: Mapping[str, Callable],
+                 weight_dict: Mapping[str, float], *, assign: Callable, matching: Callable,
+                 output_keys: Sequence[str] = _OUTPUT_KEYS) -> None:
+        super().__init__()
+        names = list(terms) + list(final_terms)
+        unknown = sorted(set(weight_dict) - set(names))
+        missing = sorted(set(names) - set(weight_dict))
+        if unknown or missing:
+            raise ValueError(
+                f"{type(self).__name__}: weight_dict keys must be exactly {names}; "
+                f"unknown keys {unknown}, terms without a weight {missing}"
+            )
+        negative = {k: v for k, v in weight_dict.items() if not float(v) >= 0.0}
+        if negative:
+            raise ValueError(f"{type(self).__name__}: weights must be >= 0, got {negative}")
+        self.terms = dict(terms)
+        self.final_terms = dict(final_terms)
+        self.weight_dict = {k: float(weight_dict[k]) for k in names}
+        self.assign = assign
+        self.matching = matching
+        self.output_keys = tuple(output_keys)
+
+    def get_loss(self, name: str, output: Mapping, matched, generator=None) -> Tensor:
+        """The unweighted term ``name`` of one output (the ``loss_map`` dispatch)."""
+        fn = self.terms.get(name) or self.final_terms[name]
+        return fn(self, output, matched, generator)
+
+    def check_targets(self, outputs: Mapping, targets: Sequence[Dict[str, Tensor]]) -> None:
+        """Hook: raise ``ValueError`` for targets that do not fit the outputs."""
+
+    def forward(self, outputs: Mapping, targets: Sequence[Dict[str, Tensor]], *,
+                generator: Optional[torch.Generator] = None) -> Dict[str, Tensor]:
+        """Weighted loss terms of the final output (``name``) and aux outputs (``name_aux{i}``).
+
+        Everything runs in fp32 with autocast off. There is no total key: the total loss is
+        the sum of the values.
+        """
+        self.check_targets(outputs, targets)
+        device = outputs["pred_masks"].device
+        w = self.weight_dict
+        with fp32_region(device):
+            final = {k: outputs[k].float() for k in self.output_keys if k in outputs}
+            auxes = [{k: aux[k].float() for k in self.output_keys if k in aux}
+                     for aux in (outputs.get("aux_outputs") or [])]
+            matched = self.matching(self.assign, final, auxes, targets)
+            losses = {n: self.get_loss(n, final, matched[0], generator) for n in self.terms if w[n] > 0}
+            for n in self.final_terms:
+                if w[n] > 0:
+                    losses[n] = self.get_loss(n, outputs, matched[0], generator)
+            for i, (aux, aux_matched) in enumerate(zip(auxes, matched[1:])):
+                for n in self.terms:
+                    if w[n] > 0:
+                        losses[f"{n}_aux{i}"] = self.get_loss(n, aux, aux_matched, generator)
+        return {name: value * w[name.split("_aux")[0]] for name, value in losses.items()}
+
+
+# ---------------------------------------------------------------------- kMaX's terms
+def _term_cls(crit, out, mt: MatchedTargets, generator) -> Tensor:
+    return pq_class_loss(out["pred_logits"], mt.classes, mt.class_weight, alpha=crit.focal_alpha)
+
+
+def _term_dice(crit, out, mt: MatchedTargets, generator) -> Tensor:
+    return pq_dice_loss(out["pred_masks"], mt.masks, mt.void, mt.dice_weight, mask_void_pixels=crit.mask_void_pixels)
+
+
+def _term_mask_id(crit, out, mt: MatchedTargets, generator) -> Tensor:
+    return mask_id_cross_entropy(out["pred_masks"], mt.masks, mt.void)
+
+
+def _term_insdis(crit, out, mt: MatchedTargets, generator) -> Tensor:
+    return instance_discrimination_loss(
+        out["pixel_feature"], mt.masks, mt.void, mt.inverse_area,
+        sample_k=crit.insdis_sample_k, sample_temperature=crit.insdis_sample_temperature,
+        temperature=crit.insdis_temperature, generator=generator,
+    )
+
+
+def _term_sem(crit, outputs, mt: MatchedTargets, generator) -> Tensor:
+    if outputs.get("semantic_logits") is None:
+        raise ValueError("KMaXCriterion: loss_sem has a weight but outputs has no 'semantic_logits' "
+                         "(is the model in training mode?)")
+    return semantic_loss(
+        outputs["semantic_logits"].float(), mt.semantic, mt.void, mt.inverse_area,
+        num_classes=crit.num_classes, sample_k=crit.semantic_sample_k,
+        sample_temperature=crit.semantic_sample_temperature, generator=generator,
+    )
+
+
+#: kMaX's per-output terms (final and every aux output), in computation order (spec §2).
+KMAX_TERMS: Dict[str, Callable] = {
+    "loss_cls": _term_cls,
+    "loss_dice": _term_dice,
+    "loss_mask_id": _term_mask_id,
+    "loss_insdis": _term_insdis,
+}
+#: kMaX's final-output-only terms.
+KMAX_FINAL_TERMS: Dict[str, Callable] = {"loss_sem": _term_sem}
+
+
+class KMaXCriterion(SetCriterion):
     """kMaX-DeepLab loss: PQ-style, mask-ID CE, instance discrimination, semantic (spec §2).
+
+    A :class:`SetCriterion` with the terms :data:`KMAX_TERMS` + :data:`KMAX_FINAL_TERMS` and
+    the matched targets of :func:`build_matched_targets`.
 
     Args:
         num_classes: C (void is index C).
@@ -123,7 +283,8 @@ class KMaXCriterion(nn.Module):
         semantic_sample_k: K of L_sem (COCO 4096; 0 = all pixels, Cityscapes).
         semantic_sample_temperature: tau of L_sem (2.0).
         share_final_matching: reuse the final output's matching and matched targets for the aux
-            outputs (BD default True); False re-matches each aux output.
+            outputs (BD default True, :class:`MatchOnce`); False re-matches each aux output
+            (:class:`MatchEachOutput`).
         mask_void_pixels: zero the query softmax on void pixels in L_dice (BD default True).
         weight_floor: lower bound of the PQ-style weights (1e-5).
 
@@ -147,20 +308,10 @@ class KMaXCriterion(nn.Module):
         mask_void_pixels: bool = True,
         weight_floor: float = 1e-5,
     ) -> None:
-        super().__init__()
-        unknown = sorted(set(weight_dict) - set(TERMS))
-        missing = sorted(set(TERMS) - set(weight_dict))
-        if unknown or missing:
-            raise ValueError(
-                f"KMaXCriterion: weight_dict keys must be exactly {list(TERMS)}; "
-                f"unknown keys {unknown}, terms without a weight {missing}"
-            )
-        negative = {k: v for k, v in weight_dict.items() if not float(v) >= 0.0}
-        if negative:
-            raise ValueError(f"KMaXCriterion: weights must be >= 0, got {negative}")
+        super().__init__(KMAX_TERMS, KMAX_FINAL_TERMS, weight_dict, assign=self._assign,
+                         matching=MatchOnce() if share_final_matching else MatchEachOutput())
         self.num_classes = num_classes
         self.matcher = matcher
-        self.weight_dict = {k: float(weight_dict[k]) for k in TERMS}
         self.focal_alpha = focal_alpha
         self.insdis_temperature = insdis_temperature
         self.insdis_sample_k = insdis_sample_k
@@ -171,6 +322,10 @@ class KMaXCriterion(nn.Module):
         self.mask_void_pixels = mask_void_pixels
         self.weight_floor = weight_floor
 
+    def _assign(self, output: Mapping[str, Tensor], targets: Sequence[Dict[str, Tensor]]) -> MatchedTargets:
+        matches = self.matcher(output, targets)
+        return build_matched_targets(output, targets, matches, self.num_classes, weight_floor=self.weight_floor)
+
     def extra_repr(self) -> str:
         return (
             f"num_classes={self.num_classes}, weights={self.weight_dict}, focal_alpha={self.focal_alpha}, "
@@ -180,7 +335,7 @@ class KMaXCriterion(nn.Module):
             f"mask_void_pixels={self.mask_void_pixels}"
         )
 
-    def _check_targets(self, outputs: Mapping[str, Tensor], targets: Sequence[Dict[str, Tensor]]) -> None:
+    def check_targets(self, outputs: Mapping[str, Tensor], targets: Sequence[Dict[str, Tensor]]) -> None:
         bsz, _, height, width = outputs["pred_masks"].shape
         if len(targets) != bsz:
             raise ValueError(f"KMaXCriterion: {len(targets)} targets for a batch of {bsz}")
@@ -197,24 +352,7 @@ class KMaXCriterion(nn.Module):
                     f"{(height, width)}; prepare_targets must use the model's output stride"
                 )
 
-    def _output_terms(self, out: Mapping[str, Tensor], mt: MatchedTargets, generator) -> Dict[str, Tensor]:
-        w = self.weight_dict
-        terms: Dict[str, Tensor] = {}
-        if w["loss_cls"] > 0:
-            terms["loss_cls"] = pq_class_loss(out["pred_logits"], mt.classes, mt.class_weight, alpha=self.focal_alpha)
-        if w["loss_dice"] > 0:
-            terms["loss_dice"] = pq_dice_loss(
-                out["pred_masks"], mt.masks, mt.void, mt.dice_weight, mask_void_pixels=self.mask_void_pixels
-            )
-        if w["loss_mask_id"] > 0:
-            terms["loss_mask_id"] = mask_id_cross_entropy(out["pred_masks"], mt.masks, mt.void)
-        if w["loss_insdis"] > 0:
-            terms["loss_insdis"] = instance_discrimination_loss(
-                out["pixel_feature"], mt.masks, mt.void, mt.inverse_area,
-                sample_k=self.insdis_sample_k, sample_temperature=self.insdis_sample_temperature,
-                temperature=self.insdis_temperature, generator=generator,
-            )
-        return terms
+    _check_targets = check_targets  # old name
 
     def forward(
         self,
@@ -245,32 +383,7 @@ class KMaXCriterion(nn.Module):
         Raises:
             ValueError: on malformed targets or a missing ``semantic_logits``.
         """
-        self._check_targets(outputs, targets)
-        device = outputs["pred_masks"].device
-        with fp32_region(device):
-            final = {k: outputs[k].float() for k in _OUTPUT_KEYS}
-            matches = self.matcher(final, targets)
-            mt = build_matched_targets(final, targets, matches, self.num_classes, weight_floor=self.weight_floor)
-            losses = self._output_terms(final, mt, generator)
-            if self.weight_dict["loss_sem"] > 0:
-                if outputs.get("semantic_logits") is None:
-                    raise ValueError("KMaXCriterion: loss_sem has a weight but outputs has no 'semantic_logits' "
-                                     "(is the model in training mode?)")
-                losses["loss_sem"] = semantic_loss(
-                    outputs["semantic_logits"].float(), mt.semantic, mt.void, mt.inverse_area,
-                    num_classes=self.num_classes, sample_k=self.semantic_sample_k,
-                    sample_temperature=self.semantic_sample_temperature, generator=generator,
-                )
-            for i, aux in enumerate(outputs.get("aux_outputs") or []):
-                aux = {k: aux[k].float() for k in _OUTPUT_KEYS}
-                aux_mt = mt
-                if not self.share_final_matching:
-                    aux_matches = self.matcher(aux, targets)
-                    aux_mt = build_matched_targets(aux, targets, aux_matches, self.num_classes,
-                                                   weight_floor=self.weight_floor)
-                for name, value in self._output_terms(aux, aux_mt, generator).items():
-                    losses[f"{name}_aux{i}"] = value
-        return {name: value * self.weight_dict[name.split("_aux")[0]] for name, value in losses.items()}
+        return super().forward(outputs, targets, generator=generator)
 
 
 def build_criterion(loss_cfg, num_classes: int) -> KMaXCriterion:

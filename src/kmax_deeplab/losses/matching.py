@@ -16,10 +16,27 @@ from torch import Tensor, nn
 
 from .common import fp32_region
 
-__all__ = ["ImageMatch", "HungarianMatcher", "mask_similarity", "class_similarity"]
+__all__ = ["ImageMatch", "HungarianMatcher", "mask_similarity", "class_similarity", "linear_assignment"]
 
 #: Epsilon in the dice similarity denominator (deeplab2 ``denominator_epsilon``).
 DICE_EPSILON = 1e-5
+
+
+def linear_assignment(cost: Tensor) -> tuple[Tensor, Tensor]:
+    """Minimum-cost one-to-one assignment of a ``[N, M]`` cost matrix (scipy Hungarian).
+
+    NaN/inf costs become 0 first. With N >= M every column is matched; otherwise the best N.
+
+    Returns:
+        ``(rows, cols)`` int64 on ``cost.device``, ``rows`` ascending (scipy's order).
+    """
+    cost = torch.nan_to_num(cost.detach().float(), nan=0.0, posinf=0.0, neginf=0.0)
+    if cost.numel() == 0:
+        rows = cols = np.zeros((0,), dtype=np.int64)
+    else:
+        rows, cols = linear_sum_assignment(cost.cpu().numpy())
+    return (torch.as_tensor(rows, dtype=torch.int64, device=cost.device),
+            torch.as_tensor(cols, dtype=torch.int64, device=cost.device))
 
 
 class ImageMatch(NamedTuple):

@@ -20,6 +20,7 @@ from torch import nn
 
 from kmax_deeplab.modeling.kmax.family import KMAX
 from kmax_deeplab.modeling.max_deeplab.family import MAX_DEEPLAB
+from kmax_deeplab.modeling.knet.family import KNET
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,10 @@ class Family:
         postprocess: ``(output, *, cfg, is_thing, train_id_to_category_id, canvas_size,
             valid_size, output_size, semantic) -> dict`` for one image (``output``: the
             model's tensors without the batch dimension): ``panoptic`` ``[Ho, Wo]`` int32
-            tensor (0 = void), ``segments_info`` (COCO-panoptic dicts) and, with
-            ``semantic=True``, ``semantic`` ``[Ho, Wo]`` int64 train ids.
+            tensor (0 = void), ``segments_info`` (COCO-panoptic dicts), with
+            ``semantic=True`` also ``semantic`` ``[Ho, Wo]`` int64 train ids, and for families
+            with an instance task optionally ``instances`` (list of ``{"mask" [Ho, Wo] bool,
+            "category_id", "score"}``).
         input_geometry: ``cfg -> geometry`` (:mod:`kmax_deeplab.geometry`): resize / pad /
             normalisation of images, read by the predictor, transforms and collate.
         build_optimizer: ``(model, cfg) -> torch.optim.Optimizer`` (with the family's
@@ -53,8 +56,14 @@ class Family:
             the family cannot train or run with.
         inference_keys: output keys the post-processing reads (kept, cast to fp32, by the
             predictor).
+        class_activation: ``"softmax_void"`` (``pred_logits [B, N, C+1]``, void last) or
+            ``"sigmoid"`` (``[B, N, C]``); see ``modeling/postprocess.py``.
+        mask_activation: ``"softmax"`` (masks compete per pixel) or ``"sigmoid"``.
         mask_stride: output stride of ``pred_masks`` relative to the input (targets are
             built at it).
+        full_resolution_targets: the criterion takes the collated full-resolution targets
+            (``masks``, ``labels``, ``is_crowd``, ``void``) instead of the stride-subsampled
+            ones (K-Net resizes them bilinearly itself).
     """
 
     name: str
@@ -69,13 +78,17 @@ class Family:
     importers: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
     check_config: Callable[[Any], None] = lambda cfg: None
     inference_keys: tuple[str, ...] = ("pred_logits", "pred_masks")
+    class_activation: str = "softmax_void"
+    mask_activation: str = "softmax"
     mask_stride: int = 4
+    full_resolution_targets: bool = False
 
 
 #: ``meta_architecture`` -> :class:`Family`. MaX-DeepLab and K-Net add their rows here.
 FAMILIES: dict[str, Family] = {
     "kmax": Family(**KMAX),
     "max_deeplab": Family(**MAX_DEEPLAB),
+    "knet": Family(**KNET),
 }
 
 

@@ -2,6 +2,10 @@
 
 Losses, post-processing and the trainer read only these keys, so they never branch on
 the model family. The output stays a plain ``dict`` (DDP and ``torch.compile`` friendly).
+How the logits become probabilities is declared by the family (``Family.class_activation``:
+``softmax_void`` over ``C+1`` logits with void last, or ``sigmoid`` over ``C``;
+``Family.mask_activation``: ``softmax`` over queries or ``sigmoid`` per mask), and read by
+the post-processing (``modeling/postprocess.py``).
 """
 
 from __future__ import annotations
@@ -11,13 +15,13 @@ from typing import List, TypedDict
 from torch import Tensor
 
 
-class AuxOutput(TypedDict):
+class AuxOutput(TypedDict, total=False):
     """One auxiliary (per-decoder-layer) prediction, upsampled to the final stride-4 size.
 
     Keys:
         pred_logits: ``[B, N, C+1]`` class logits, void last.
         pred_masks: ``[B, N, h, w]`` mask logits.
-        pixel_feature: ``[B, D, h, w]`` L2-normalised pixel features.
+        pixel_feature: ``[B, D, h, w]`` L2-normalised pixel features (optional).
     """
 
     pred_logits: Tensor
@@ -30,9 +34,12 @@ class MaskTransformerOutput(TypedDict, total=False):
 
     Keys:
         pred_logits: ``[B, N, C+1]`` float class logits of the final predictor, void last
-            (kMaX adds the constant void-logit offset log(C·0.9/0.1) on every pass).
-        pred_masks: ``[B, N, h, w]`` float mask logits at stride 4 of the canvas.
-        pixel_feature: ``[B, D, h, w]`` float L2-normalised pixel features (D = 128).
+            (``softmax_void`` families; kMaX adds the constant void-logit offset
+            log(C·0.9/0.1) on every pass), or ``[B, N, C]`` (``sigmoid`` families).
+        pred_masks: ``[B, N, h, w]`` float mask logits at the family's mask stride (4) of
+            the input.
+        pixel_feature: optional ``[B, D, h, w]`` float L2-normalised pixel features (kMaX:
+            D = 128, read by its instance-discrimination loss).
         aux_outputs: list of :class:`AuxOutput`, one per transformer layer, in layer order.
         semantic_logits: ``[B, C+1, h, w]`` (COCO/ADE20K) or ``[B, C, h', w']`` (Cityscapes
             head at stride 32) auxiliary semantic logits; present in training mode only.

@@ -13,8 +13,10 @@ class threshold             ``score > thr``                        ``score >= th
 area limits                 none                                   per thing mask / per stuff class
 ==========================  =====================================  ==================================
 
-Both: class probabilities are a softmax over ``C+1`` with void dropped; mask probabilities
-a softmax over queries at each pixel; binary masks ``prob > pixel_confidence_threshold``;
+Both: class probabilities are a softmax over ``C+1`` with void dropped (``class_activation=
+"softmax_void"``; ``"sigmoid"`` takes ``[N, C]`` logits without void, as sigmoid-scored families
+do); mask probabilities a softmax over queries at each pixel (``mask_activation="softmax"``;
+``"sigmoid"`` scores each mask alone); binary masks ``prob > pixel_confidence_threshold``;
 queries sorted by ``cls^w_c * mask^w_m`` (stable, descending); a query is kept when its
 *class* probability passes its thing/stuff threshold and more than ``overlap_threshold``
 of its binary mask is still unassigned; only unassigned pixels are painted; all stuff
@@ -26,17 +28,69 @@ catalog's thing flags and category ids, and the geometry (canvas, valid region, 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["resize_mask_logits", "panoptic_inference", "pixelwise_panoptic_inference", "pixelwise_semantic_inference",
-           "semantic_inference",
+__all__ = ["CLASS_ACTIVATIONS", "MASK_ACTIVATIONS", "PanopticResult", "class_probabilities",
+           "mask_probabilities", "resize_mask_logits", "panoptic_inference", "pixelwise_panoptic_inference",
+           "pixelwise_semantic_inference", "semantic_inference",
            "semantic_probabilities"]
 
 VARIANTS = ("bytedance", "deeplab2")
+#: ``softmax_void``: softmax over ``[N, C+1]`` logits, void (last) dropped (kMaX, MaX);
+#: ``sigmoid``: independent sigmoids of ``[N, C]`` logits (K-Net).
+CLASS_ACTIVATIONS = ("softmax_void", "sigmoid")
+#: ``softmax``: over the queries at each pixel (kMaX, MaX); ``sigmoid``: per mask (K-Net).
+MASK_ACTIVATIONS = ("softmax", "sigmoid")
+
+
+@dataclass
+class PanopticResult:
+    """One image's panoptic prediction, in the COCO-panoptic convention.
+
+    Attributes:
+        panoptic: ``[Ho, Wo]`` int32 segment ids, 0 = void.
+        segments_info: ``{"id", "category_id", "isthing", "score", "area"}`` per segment, id order.
+        label_map: ``[Ho, Wo]`` int64 ``category * label_divisor + instance`` (only when asked).
+    """
+
+    panoptic: Tensor
+    segments_info: list
+    label_map: Optional[Tensor] = None
+
+
+def class_probabilities(pred_logits: Tensor, num_classes: int, activation: str = "softmax_void") -> Tensor:
+    """``[N, C]`` float32 class probabilities of ``[N, C+1]`` (softmax_void) or ``[N, C]`` (sigmoid) logits.
+
+    Raises:
+        ValueError: unknown activation or a logits shape that does not fit it.
+    """
+    if activation not in CLASS_ACTIVATIONS:
+        raise ValueError(f"class_activation must be one of {CLASS_ACTIVATIONS}, got {activation!r}")
+    width = num_classes + 1 if activation == "softmax_void" else num_classes
+    if pred_logits.dim() != 2 or pred_logits.shape[1] != width:
+        what = f"[N, C+1] = [N, {width}] (void last)" if activation == "softmax_void" else f"[N, C] = [N, {width}]"
+        raise ValueError(f"pred_logits must be {what} for class_activation={activation!r}, "
+                         f"got shape {tuple(pred_logits.shape)}")
+    if activation == "sigmoid":
+        return pred_logits.float().sigmoid()
+    # softmax over C+1, then drop void (spec §3 step 1)
+    return pred_logits.float().softmax(-1)[:, :-1]
+
+
+def mask_probabilities(mask_logits: Tensor, activation: str = "softmax") -> Tensor:
+    """``[N, H, W]`` probabilities: softmax over the queries (dim 0) or a sigmoid per mask.
+
+    Raises:
+        ValueError: unknown activation.
+    """
+    if activation not in MASK_ACTIVATIONS:
+        raise ValueError(f"mask_activation must be one of {MASK_ACTIVATIONS}, got {activation!r}")
+    return mask_logits.softmax(0) if activation == "softmax" else mask_logits.sigmoid()
 
 
 def _pair(size: Sequence[int] | None, default: tuple[int, int]) -> tuple[int, int]:
@@ -108,13 +162,8 @@ def resize_mask_logits(pred_masks: Tensor, *, canvas_size: Sequence[int] | None 
     return torch.cat(out, 0)
 
 
-def _class_scores(pred_logits: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
-    if pred_logits.dim() != 2 or pred_logits.shape[1] != num_classes + 1:
-        raise ValueError(f"pred_logits must be [N, C+1] = [N, {num_classes + 1}] (void last), "
-                         f"got shape {tuple(pred_logits.shape)}")
-    # softmax over C+1, then drop void (spec §3 step 1)
-    probs = pred_logits.float().softmax(-1)[:, :-1]
-    return probs.max(-1)
+def _class_scores(pred_logits: Tensor, num_classes: int, activation: str = "softmax_void") -> tuple[Tensor, Tensor]:
+    return class_probabilities(pred_logits, num_classes, activation).max(-1)
 
 
 def _mask_scores(mask_prob: Tensor, binary: Tensor) -> Tensor:
@@ -206,7 +255,9 @@ def panoptic_inference(
     return_label_map: bool = False,
     label_divisor: int = 256,
     ignore_label: int = 0,
-):
+    class_activation: str = "softmax_void",
+    mask_activation: str = "softmax",
+) -> PanopticResult:
     """Mask-wise panoptic merging of one image's prediction (spec §3).
 
     Args:
@@ -232,14 +283,16 @@ def panoptic_inference(
             semantic = the category id, thing instance = query rank + 1, stuff instance 0,
             void = ``ignore_label * label_divisor``.
         label_divisor / ignore_label: for the label map (COCO 256 / 0).
+        class_activation: ``"softmax_void"`` (``pred_logits`` ``[N, C+1]``) or ``"sigmoid"``
+            (``[N, C]``), the family's (:data:`CLASS_ACTIVATIONS`).
+        mask_activation: ``"softmax"`` over queries or ``"sigmoid"`` per mask.
 
     Returns:
-        ``(panoptic, segments_info)`` or, with ``return_label_map``,
-        ``(panoptic, segments_info, label_map)``: ``panoptic`` ``[Ho, Wo]`` int32 segment ids
-        (0 = void); ``segments_info`` a list of ``{"id", "category_id", "isthing", "score",
-        "area"}`` in id order (``score`` = class probability of the highest-ranked query of
-        the segment, ``area`` = its pixel count in ``panoptic``); ``label_map`` ``[Ho, Wo]``
-        int64. Tensors are on the device of the inputs.
+        A :class:`PanopticResult`: ``panoptic`` ``[Ho, Wo]`` int32 segment ids (0 = void);
+        ``segments_info`` a list of ``{"id", "category_id", "isthing", "score", "area"}`` in id
+        order (``score`` = class probability of the highest-ranked query of the segment,
+        ``area`` = its pixel count in ``panoptic``); ``label_map`` ``[Ho, Wo]`` int64 with
+        ``return_label_map``, else None. Tensors are on the device of the inputs.
 
     Raises:
         ValueError: bad shapes, an unknown ``variant``, or ``is_thing`` /
@@ -258,7 +311,9 @@ def panoptic_inference(
                          f"shape {tuple(pred_masks.shape)}")
     canvas, valid, output, ac = _geometry(pred_masks, canvas_size, valid_size, output_size,
                                           align_corners)
-    cls_scores, cls_labels = _class_scores(pred_logits, num_classes)
+    cls_scores, cls_labels = _class_scores(pred_logits, num_classes, class_activation)
+    if mask_activation not in MASK_ACTIVATIONS:
+        raise ValueError(f"mask_activation must be one of {MASK_ACTIVATIONS}, got {mask_activation!r}")
     thing_flags = torch.tensor([bool(t) for t in is_thing])
     kwargs = dict(thing_threshold=thing_threshold, stuff_threshold=stuff_threshold,
                   overlap_threshold=overlap_threshold)
@@ -266,7 +321,7 @@ def panoptic_inference(
     if variant == "bytedance":
         logits = resize_mask_logits(pred_masks, canvas_size=canvas, valid_size=valid,
                                     output_size=output, align_corners=ac)
-        mask_prob = logits.softmax(0)  # softmax over queries at each pixel
+        mask_prob = mask_probabilities(logits, mask_activation)  # kMaX: softmax over queries
         binary = mask_prob > pixel_confidence_threshold
         mask_scores = _mask_scores(mask_prob, binary)
         del mask_prob
@@ -276,14 +331,14 @@ def panoptic_inference(
                                inclusive=False, **kwargs)
     else:
         # deeplab2: reorder scores at the logit resolution ...
-        prob_lr = pred_masks.float().softmax(0)
+        prob_lr = mask_probabilities(pred_masks.float(), mask_activation)
         mask_scores = _mask_scores(prob_lr, prob_lr > pixel_confidence_threshold)
         del prob_lr
         reorder = cls_scores.pow(class_weight) * mask_scores.pow(mask_weight)
         order = torch.argsort(reorder.cpu(), descending=True, stable=True)
         # ... merging and area limits at canvas ("crop") resolution, then crop and resize.
         logits = resize_mask_logits(pred_masks, canvas_size=canvas, align_corners=ac)
-        binary = logits.softmax(0) > pixel_confidence_threshold
+        binary = mask_probabilities(logits, mask_activation) > pixel_confidence_threshold
         del logits
         ids, segments = _merge(order, cls_scores.cpu(), cls_labels.cpu(), binary, thing_flags,
                                inclusive=True, **kwargs)
@@ -300,7 +355,7 @@ def panoptic_inference(
                               "category_id": int(train_id_to_category_id[seg["train_id"]]),
                               "isthing": seg["isthing"], "score": seg["score"], "area": area})
     if not return_label_map:
-        return ids, segments_info
+        return PanopticResult(ids, segments_info)
     label_map = torch.full(ids.shape, ignore_label * label_divisor, dtype=torch.int64,
                            device=ids.device)
     by_id = {seg["id"]: seg for seg in segments}
@@ -308,34 +363,37 @@ def panoptic_inference(
         seg = by_id[info["id"]]
         instance = seg["rank"] + 1 if seg["isthing"] else 0
         label_map[ids == info["id"]] = info["category_id"] * label_divisor + instance
-    return ids, segments_info, label_map
+    return PanopticResult(ids, segments_info, label_map)
 
 
-def semantic_probabilities(pred_logits: Tensor, pred_masks: Tensor, **geometry) -> Tensor:
+def semantic_probabilities(pred_logits: Tensor, pred_masks: Tensor, *, class_activation: str = "softmax_void",
+                           mask_activation: str = "softmax", **geometry) -> Tensor:
     """BD's semantic output: ``sum_n softmax(cls)_n[:C] * softmax_n(mask)`` (spec §3).
 
     Args:
-        pred_logits: ``[N, C+1]`` class logits, void last.
+        pred_logits: ``[N, C+1]`` class logits, void last (``[N, C]`` with ``"sigmoid"``).
         pred_masks: ``[N, h, w]`` mask logits.
+        class_activation / mask_activation: see :func:`panoptic_inference`.
         **geometry: ``canvas_size``, ``valid_size``, ``output_size``, ``align_corners`` as in
             :func:`resize_mask_logits`.
 
     Returns:
-        ``[C, Ho, Wo]`` float32 class probabilities (void dropped, so they sum to <= 1).
+        ``[C, Ho, Wo]`` float32 class scores (softmax_void: void dropped, they sum to <= 1).
     """
-    cls_prob = pred_logits.float().softmax(-1)[:, :-1]
-    mask_prob = resize_mask_logits(pred_masks, **geometry).softmax(0)
+    num_classes = pred_logits.shape[-1] - (1 if class_activation == "softmax_void" else 0)
+    cls_prob = class_probabilities(pred_logits, num_classes, class_activation)
+    mask_prob = mask_probabilities(resize_mask_logits(pred_masks, **geometry), mask_activation)
     # [N, C] x [N, Ho, Wo] -> [C, Ho, Wo]
     return torch.einsum("nc,nhw->chw", cls_prob, mask_prob)
 
 
-def semantic_inference(pred_logits: Tensor, pred_masks: Tensor, **geometry) -> Tensor:
+def semantic_inference(pred_logits: Tensor, pred_masks: Tensor, **kwargs) -> Tensor:
     """Per-pixel train id: the argmax of :func:`semantic_probabilities` (for mIoU).
 
     Returns:
         ``[Ho, Wo]`` int64 train ids in ``0..C-1``.
     """
-    return semantic_probabilities(pred_logits, pred_masks, **geometry).argmax(0)
+    return semantic_probabilities(pred_logits, pred_masks, **kwargs).argmax(0)
 
 
 def pixelwise_panoptic_inference(

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kmax_deeplab.modeling.layers.norm import BN_EPS, get_norm
+from kmax_deeplab.modeling.layers.norm import BN_EPS, BN_MOMENTUM, get_norm
 
 RESNET_NORMS: tuple[str, ...] = ("BN", "SyncBN", "FrozenBN", "none")
 
@@ -83,23 +83,31 @@ class FrozenBatchNorm2d(nn.Module):
         return f"{self.num_features}, eps={self.eps}"
 
 
-def resnet_norm(norm: str, num_features: int) -> nn.Module:
+def resnet_norm(norm: str, num_features: int, *, eps: float = BN_EPS,
+                momentum: float = BN_MOMENTUM) -> nn.Module:
     """The norm layer after a ResNet conv.
 
     Args:
         norm: ``"BN"`` (``BatchNorm2d``), ``"SyncBN"`` (``SyncBatchNorm``), ``"FrozenBN"``
             (:class:`FrozenBatchNorm2d`) or ``"none"`` (identity; no state-dict keys).
-            BN variants use eps 1e-3, momentum 0.01.
         num_features: D, channels.
+        eps, momentum: batch-norm constants; kMaX uses eps 1e-3, momentum 0.01 (the
+            defaults), mmdet/torchvision (K-Net) eps 1e-5, momentum 0.1.
 
     Raises:
         ValueError: unknown ``norm``.
     """
     if norm == "FrozenBN":
-        return FrozenBatchNorm2d(num_features)
+        return FrozenBatchNorm2d(num_features, eps=eps)
     if norm not in RESNET_NORMS:
         raise ValueError(f"unknown ResNet norm {norm!r}; expected one of {RESNET_NORMS}")
-    return get_norm(norm, num_features, dim=2)
+    if (eps, momentum) == (BN_EPS, BN_MOMENTUM):
+        return get_norm(norm, num_features, dim=2)
+    if norm == "BN":
+        return nn.BatchNorm2d(num_features, eps=eps, momentum=momentum)
+    if norm == "SyncBN":
+        return nn.SyncBatchNorm(num_features, eps=eps, momentum=momentum)
+    return nn.Identity()
 
 
 class Conv2dNorm(nn.Conv2d):
@@ -114,13 +122,15 @@ class Conv2dNorm(nn.Conv2d):
         stride: convolution stride.
         padding: symmetric zero padding; ``k // 2`` keeps the 32k+1 geometry (spec §1).
         norm: see :func:`resnet_norm`.
+        bn_eps, bn_momentum: batch-norm constants (see :func:`resnet_norm`).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *,
-                 stride: int = 1, padding: int = 0, norm: str = "BN") -> None:
+                 stride: int = 1, padding: int = 0, norm: str = "BN", bn_eps: float = BN_EPS,
+                 bn_momentum: float = BN_MOMENTUM) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride=stride,
                          padding=padding, bias=False)
-        self.norm = resnet_norm(norm, out_channels)
+        self.norm = resnet_norm(norm, out_channels, eps=bn_eps, momentum=bn_momentum)
         # detectron2's c2_msra_fill: He normal, fan_out, ReLU gain.
         nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
 

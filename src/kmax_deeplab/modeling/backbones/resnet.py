@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from kmax_deeplab.modeling.backbones.base import Backbone, FeatureSpec, check_feature_info
 from kmax_deeplab.modeling.backbones.conv_norm import Conv2dNorm
+from kmax_deeplab.modeling.layers.norm import BN_EPS, BN_MOMENTUM
 
 LAYOUTS: tuple[str, ...] = ("bytedance", "deeplab2")
 
@@ -52,21 +53,24 @@ class BottleneckBlock(nn.Module):
         bottleneck_channels: width of conv1/conv2.
         stride: 1 or 2, applied by conv2 and the shortcut.
         norm: norm after each conv (see ``conv_norm.resnet_norm``).
+        bn_eps, bn_momentum: batch-norm constants (kMaX 1e-3/0.01, mmdet 1e-5/0.1).
     """
 
     def __init__(self, in_channels: int, out_channels: int, *, bottleneck_channels: int,
-                 stride: int = 1, norm: str = "BN") -> None:
+                 stride: int = 1, norm: str = "BN", bn_eps: float = BN_EPS,
+                 bn_momentum: float = BN_MOMENTUM) -> None:
         super().__init__()
         self.stride = stride
-        self.shortcut = (Conv2dNorm(in_channels, out_channels, 1, stride=stride, norm=norm)
+        bn = dict(norm=norm, bn_eps=bn_eps, bn_momentum=bn_momentum)
+        self.shortcut = (Conv2dNorm(in_channels, out_channels, 1, stride=stride, **bn)
                          if in_channels != out_channels else None)
         if self.shortcut is None and stride != 1:
             raise ValueError("a strided block needs a projection shortcut "
                              f"(in_channels == out_channels == {in_channels}, stride {stride})")
-        self.conv1 = Conv2dNorm(in_channels, bottleneck_channels, 1, norm=norm)
+        self.conv1 = Conv2dNorm(in_channels, bottleneck_channels, 1, **bn)
         self.conv2 = Conv2dNorm(bottleneck_channels, bottleneck_channels, 3, stride=stride,
-                                padding=1, norm=norm)
-        self.conv3 = Conv2dNorm(bottleneck_channels, out_channels, 1, norm=norm)
+                                padding=1, **bn)
+        self.conv3 = Conv2dNorm(bottleneck_channels, out_channels, 1, **bn)
 
     def forward(self, x: Tensor) -> Tensor:
         """``[B, D_in, H, W]`` -> ``[B, D_out, ceil(H/s), ceil(W/s)]``, after ReLU."""
@@ -86,9 +90,10 @@ class PreActBottleneckBlock(BottleneckBlock):
     """
 
     def __init__(self, in_channels: int, out_channels: int, *, bottleneck_channels: int,
-                 stride: int = 1, norm: str = "BN") -> None:
+                 stride: int = 1, norm: str = "BN", bn_eps: float = BN_EPS,
+                 bn_momentum: float = BN_MOMENTUM) -> None:
         super().__init__(in_channels, out_channels, bottleneck_channels=bottleneck_channels,
-                         stride=stride, norm=norm)
+                         stride=stride, norm=norm, bn_eps=bn_eps, bn_momentum=bn_momentum)
         gamma = getattr(self.conv3.norm, "weight", None)
         if isinstance(gamma, nn.Parameter):
             nn.init.zeros_(gamma)
@@ -115,9 +120,10 @@ class ResNetStem(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, *, max_pool: bool,
-                 norm: str = "BN") -> None:
+                 norm: str = "BN", bn_eps: float = BN_EPS, bn_momentum: float = BN_MOMENTUM) -> None:
         super().__init__()
-        self.conv1 = Conv2dNorm(in_channels, out_channels, 7, stride=2, padding=3, norm=norm)
+        self.conv1 = Conv2dNorm(in_channels, out_channels, 7, stride=2, padding=3, norm=norm,
+                                bn_eps=bn_eps, bn_momentum=bn_momentum)
         self.max_pool = max_pool
         self.out_channels = out_channels
         self.stride = 4 if max_pool else 2
@@ -145,15 +151,30 @@ class ResNet(Backbone):
             (pre-activation, no max-pool, stride 2 in res2); see the module docstring.
         norm: ``"BN"``, ``"SyncBN"``, ``"FrozenBN"`` or ``"none"``.
         in_channels: input channels (3).
+        bn_eps, bn_momentum: batch-norm constants: kMaX 1e-3 / 0.01 (default); mmdet and
+            torchvision (K-Net) 1e-5 / 0.1.
+        frozen_stages: mmdet ``frozen_stages``: -1 freezes nothing; s >= 0 freezes the stem
+            and res2..res{s+1} (K-Net: 1 = stem + res2): their parameters get
+            ``requires_grad=False`` and their batch norms stay in eval mode.
+        norm_eval: mmdet ``norm_eval``: every batch norm stays in eval mode (running
+            statistics frozen) even in ``train()``; its affine parameters still train.
 
     Raises:
-        ValueError: unknown layout or norm, or depths/widths of different lengths.
+        ValueError: unknown layout or norm, depths/widths of different lengths, or
+            ``frozen_stages`` outside [-1, 4].
     """
 
     def __init__(self, depths: Sequence[int], *, stem_channels: int = 64,
                  bottleneck_channels: Sequence[int] = (64, 128, 256, 512),
-                 layout: str = "bytedance", norm: str = "BN", in_channels: int = 3) -> None:
+                 layout: str = "bytedance", norm: str = "BN", in_channels: int = 3,
+                 bn_eps: float = BN_EPS, bn_momentum: float = BN_MOMENTUM,
+                 frozen_stages: int = -1, norm_eval: bool = False) -> None:
         super().__init__()
+        if not -1 <= frozen_stages <= 4:
+            raise ValueError(f"frozen_stages must be in [-1, 4], got {frozen_stages}")
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        bn = dict(norm=norm, bn_eps=bn_eps, bn_momentum=bn_momentum)
         if layout not in LAYOUTS:
             raise ValueError(f"unknown ResNet layout {layout!r}; expected one of {LAYOUTS}")
         if len(depths) != 4 or len(bottleneck_channels) != 4:
@@ -162,7 +183,7 @@ class ResNet(Backbone):
         self.layout = layout
         bytedance = layout == "bytedance"
         block_cls = BottleneckBlock if bytedance else PreActBottleneckBlock
-        self.stem = ResNetStem(in_channels, stem_channels, max_pool=bytedance, norm=norm)
+        self.stem = ResNetStem(in_channels, stem_channels, max_pool=bytedance, **bn)
 
         info = [FeatureSpec("stem", stem_channels, self.stem.stride)]
         stride, channels = self.stem.stride, stem_channels
@@ -173,12 +194,33 @@ class ResNet(Backbone):
             blocks = []
             for b in range(depth):
                 blocks.append(block_cls(channels, 4 * width, bottleneck_channels=width,
-                                        stride=first if b == 0 else 1, norm=norm))
+                                        stride=first if b == 0 else 1, **bn))
                 channels = 4 * width
             stride *= first
             self.add_module(f"res{i + 2}", nn.Sequential(*blocks))
             info.append(FeatureSpec(f"res{i + 2}", channels, stride))
         self.feature_info = check_feature_info(info)
+        for module in self._frozen_modules():
+            for p in module.parameters():
+                p.requires_grad_(False)
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        """The stem and res2..res{frozen_stages+1} (mmdet ``_freeze_stages``)."""
+        if self.frozen_stages < 0:
+            return []
+        return [self.stem] + [getattr(self, f"res{s + 2}") for s in range(self.frozen_stages)]
+
+    def train(self, mode: bool = True) -> "ResNet":
+        """``nn.Module.train``, then frozen stages (and all BNs if ``norm_eval``) back to eval."""
+        super().train(mode)
+        if mode:
+            for module in self._frozen_modules():
+                module.eval()
+            if self.norm_eval:
+                for m in self.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.eval()
+        return self
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """Features of a normalised image batch.
@@ -208,15 +250,48 @@ def resnet50(*, norm: str = "BN", layout: str = "bytedance") -> ResNet:
                   layout=layout, norm=norm)
 
 
-def resnet_tiny(*, norm: str = "BN", layout: str = "bytedance") -> ResNet:
+def resnet101(*, norm: str = "BN", layout: str = "bytedance", **kwargs) -> ResNet:
+    """ResNet-101 (depths 3, 4, 23, 3; outputs 256/512/1024/2048 channels; 42.5 M parameters).
+
+    ``kwargs`` go to :class:`ResNet` (``bn_eps``, ``frozen_stages``, ``norm_eval``).
+    """
+    return ResNet((3, 4, 23, 3), stem_channels=64, bottleneck_channels=(64, 128, 256, 512),
+                  layout=layout, norm=norm, **kwargs)
+
+
+def resnet_mmdet(depth: int = 50, *, frozen_stages: int = 1, norm_eval: bool = True,
+                 norm: str = "BN") -> ResNet:
+    """The torchvision / mmdet ``style='pytorch'`` ResNet that K-Net uses (knet.md §2).
+
+    Same topology as the bytedance layout (post-activation bottlenecks, stride on the 3×3
+    conv, max-pool stem), with torchvision's batch-norm constants (eps 1e-5, momentum 0.1),
+    mmdet's ``frozen_stages`` (1: stem + res2 frozen) and ``norm_eval`` (BN statistics never
+    updated). mmdet's key names (``conv1``, ``bn1``, ``layer1``…) are mapped by
+    :mod:`kmax_deeplab.checkpoints.mmdet`.
+
+    Args:
+        depth: 50 or 101 (``tiny`` builds are for tests: use :func:`resnet_tiny`).
+        frozen_stages, norm_eval, norm: see :class:`ResNet`.
+
+    Raises:
+        ValueError: another depth.
+    """
+    depths = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+    if depth not in depths:
+        raise ValueError(f"resnet_mmdet: depth must be 50 or 101, got {depth}")
+    return ResNet(depths[depth], layout="bytedance", norm=norm, bn_eps=1e-5, bn_momentum=0.1,
+                  frozen_stages=frozen_stages, norm_eval=norm_eval)
+
+
+def resnet_tiny(*, norm: str = "BN", layout: str = "bytedance", **kwargs) -> ResNet:
     """A tiny BD-layout ResNet for tests and the demo.
 
     One block per stage, 16-channel stem, bottleneck widths 8/16/32/64, so the outputs have
     32/64/128/256 channels.
     """
     return ResNet((1, 1, 1, 1), stem_channels=16, bottleneck_channels=(8, 16, 32, 64),
-                  layout=layout, norm=norm)
+                  layout=layout, norm=norm, **kwargs)
 
 
 __all__ = ["LAYOUTS", "BottleneckBlock", "PreActBottleneckBlock", "ResNet", "ResNetStem",
-           "resnet50", "resnet_tiny"]
+           "resnet50", "resnet101", "resnet_mmdet", "resnet_tiny"]

@@ -13,6 +13,10 @@ from typing import Any, Mapping, Sequence
 
 from kmax_deeplab.modeling.kmax.config import KMaXLossConfig, KMaXModelConfig, KMaXPostProcessConfig
 
+# The output contract of kMaX: [N, C+1] logits with void last, masks competing per pixel.
+CLASS_ACTIVATION = "softmax_void"
+MASK_ACTIVATION = "softmax"
+
 
 def build_model(cfg: Any):
     """:func:`~kmax_deeplab.modeling.kmax.model.build_kmax` of ``cfg.model``."""
@@ -45,25 +49,42 @@ def postprocess(output: Mapping[str, Any], *, cfg: Any, is_thing: Sequence[bool]
 
     pp = cfg.postprocess
     geometry = dict(canvas_size=canvas_size, valid_size=valid_size, output_size=output_size)
-    pan, info = panoptic_inference(
+    result = panoptic_inference(
         output["pred_logits"], output["pred_masks"], is_thing=is_thing,
         train_id_to_category_id=list(train_id_to_category_id), variant=pp.variant,
         thing_threshold=pp.thing_threshold, stuff_threshold=pp.stuff_threshold,
         overlap_threshold=pp.overlap_threshold,
         pixel_confidence_threshold=pp.pixel_confidence_threshold, class_weight=pp.class_weight,
         mask_weight=pp.mask_weight, thing_area_limit=pp.thing_area_limit,
-        stuff_area_limit=pp.stuff_area_limit, **geometry)
-    result = {"panoptic": pan, "segments_info": info}
+        stuff_area_limit=pp.stuff_area_limit, class_activation=CLASS_ACTIVATION,
+        mask_activation=MASK_ACTIVATION, **geometry)
+    out = {"panoptic": result.panoptic, "segments_info": result.segments_info}
     if semantic:
-        result["semantic"] = semantic_inference(output["pred_logits"], output["pred_masks"], **geometry)
-    return result
+        out["semantic"] = semantic_inference(output["pred_logits"], output["pred_masks"],
+                                             class_activation=CLASS_ACTIVATION,
+                                             mask_activation=MASK_ACTIVATION, **geometry)
+    return out
 
 
 def input_geometry(cfg: Any):
-    """The fixed canvas ``cfg.model.image_size``, mean-grey padding, ``(x - 127.5) / 127.5``."""
-    from kmax_deeplab.geometry import FixedCanvas
+    """The fixed canvas ``cfg.model.image_size``, mean-grey padding, ``(x - 127.5) / 127.5``, and the
+    test-time resize ``data.test_resize`` (``"reference"``: the rule of ``model.reference``) with
+    ``data.test_min_size`` / ``test_max_size`` (-1: that reference's own values for the dataset).
 
-    return FixedCanvas(tuple(int(s) for s in cfg.model.image_size))
+    Raises:
+        ValueError: an unknown ``data.test_resize``.
+    """
+    from kmax_deeplab.geometry import TEST_RESIZE_RULES, FixedCanvas
+
+    data = cfg.data
+    rule = getattr(data, "test_resize", "reference")
+    if rule == "reference":
+        rule = cfg.model.reference
+    if rule not in TEST_RESIZE_RULES:
+        raise ValueError(f"data.test_resize must be 'reference' or one of {TEST_RESIZE_RULES}, got {rule!r}")
+    return FixedCanvas(tuple(int(s) for s in cfg.model.image_size), resize_rule=rule,
+                       min_size=int(getattr(data, "test_min_size", -1)),
+                       max_size=int(getattr(data, "test_max_size", -1)), dataset=str(data.dataset))
 
 
 def check_config(cfg: Any) -> None:
@@ -124,5 +145,7 @@ KMAX = dict(
     importers={"deeplab2": import_deeplab2, "detectron2": import_detectron2, "imagenet": import_imagenet},
     check_config=check_config,
     inference_keys=("pred_logits", "pred_masks"),
+    class_activation=CLASS_ACTIVATION,
+    mask_activation=MASK_ACTIVATION,
     mask_stride=4,
 )

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from kmax_deeplab.modeling.kmax.pixel_decoder import KMaXPixelDecoder
 from kmax_deeplab.modeling.kmax.semantic_head import AuxSemanticDecoder, AuxSemanticHead
 from kmax_deeplab.modeling.kmax.transformer_decoder import KMaXTransformerDecoder
+from kmax_deeplab.modeling.layers.sync_bn import convert_sync_batchnorm  # noqa: F401  (re-export)
 from kmax_deeplab.modeling.outputs import MaskTransformerOutput
 
 REFERENCES = ("bytedance", "deeplab2")
@@ -112,6 +113,29 @@ def _stage_settings(cfg: Any) -> tuple[list[int], list[int], list[str]]:
     return filters, blocks, types
 
 
+def decoder_inputs(cfg: Any, specs: dict) -> list[str]:
+    """Backbone features the pixel decoder reads, coarsest first (spec §1.2).
+
+    ``res5, res4, res3, res2``, plus the stem skip for Cityscapes. bytedance orders the inputs by a
+    stable sort on the declared stride of ``stem, res2, ..., res5`` (``kmax_pixel_decoder.py``,
+    ``sorted(input_shape.items(), key=lambda x: -x[1].stride)``): its post-max-pool R50 stem has
+    stride 4, ties with res2 and so comes *before* it (the stride-4 stage fuses the 64-channel stem,
+    the last stage res2, and the final masks are at stride 4); its ConvNeXt wrapper declares the
+    stem as stride 2, so there, as in deeplab2 (stem stride 2 for R50), the stem comes last.
+
+    Args:
+        cfg: the model config (``use_stem_skip``, ``reference``, ``backbone``).
+        specs: name -> feature spec (``stride``) of the backbone.
+    """
+    names = ["res5", "res4", "res3", "res2"]
+    if not cfg.use_stem_skip:
+        return names
+    if (cfg.reference == "bytedance" and not str(cfg.backbone).startswith("convnext")
+            and "stem" in specs and "res2" in specs and specs["stem"].stride == specs["res2"].stride):
+        return ["res5", "res4", "res3", "stem", "res2"]
+    return names + ["stem"]
+
+
 def build_kmax(cfg: Any, *, backbone: Optional[nn.Module] = None) -> KMaXDeepLab:
     """Build :class:`KMaXDeepLab` from a ``ModelConfig``-like object (duck typed).
 
@@ -151,7 +175,7 @@ def build_kmax(cfg: Any, *, backbone: Optional[nn.Module] = None) -> KMaXDeepLab
 
         backbone = build_backbone(cfg.backbone, drop_path=cfg.backbone_drop_path, norm=cfg.norm)
     specs = {spec.name: spec for spec in backbone.feature_info}
-    names = ["res5", "res4", "res3", "res2"] + (["stem"] if cfg.use_stem_skip else [])
+    names = decoder_inputs(cfg, specs)
     missing = [n for n in names if n not in specs]
     if missing:
         raise ValueError(f"backbone {cfg.backbone!r} does not provide features {missing}")
@@ -182,13 +206,4 @@ def build_kmax(cfg: Any, *, backbone: Optional[nn.Module] = None) -> KMaXDeepLab
     return KMaXDeepLab(backbone, pixel_decoder, predictor, image_size=image_size)
 
 
-def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
-    """Return ``model`` with every batch norm replaced by :class:`nn.SyncBatchNorm` (spec §7.1).
-
-    A thin wrapper over ``nn.SyncBatchNorm.convert_sync_batchnorm``; state-dict keys are
-    unchanged.
-    """
-    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-
-
-__all__ = ["KMaXDeepLab", "build_kmax", "convert_sync_batchnorm"]
+__all__ = ["KMaXDeepLab", "build_kmax", "convert_sync_batchnorm", "decoder_inputs"]

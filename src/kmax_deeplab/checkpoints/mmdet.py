@@ -1,0 +1,185 @@
+"""Original K-Net (mmdet 2.x) checkpoints <-> our state dict (knet.md §10).
+
+The released ``.pth`` files are ``{"state_dict": name -> Tensor, "meta": {...}}``, read with
+``torch.load(weights_only=True)``. Both directions are tables of renames (tensors are
+identical, no transposes):
+
+=========================================================  ===============================================
+mmdet (ZwwWayne/K-Net)                                     ours (:class:`kmax_deeplab.modeling.knet.KNet`)
+=========================================================  ===============================================
+``backbone.conv1.weight``, ``backbone.bn1.*``              ``backbone.stem.conv1.weight``, ``….norm.*``
+``backbone.layer{s}.{b}.conv{k}.weight`` / ``bn{k}.*``     ``backbone.res{s+1}.{b}.conv{k}.weight`` / ``.norm.*``
+``backbone.layer{s}.{b}.downsample.{0,1}.*``               ``backbone.res{s+1}.{b}.shortcut.{weight,norm.*}``
+``neck.lateral_convs.{i}.conv.*``, ``neck.fpn_convs.…``    ``neck.lateral_convs.{i}.*``, ``neck.output_convs.{i}.*``
+``rpn_head.localization_fpn.convs_all_levels.{L}.conv{j}`` ``kernel_head.localization_fpn.levels.{L}.{2j}``
+``rpn_head.localization_fpn.conv_pred`` / ``aux_convs.0``  ``kernel_head.localization_fpn.loc_out`` / ``sem_out``
+``rpn_head.loc_convs.0`` / ``seg_convs.0``                 ``kernel_head.loc_conv`` / ``seg_conv``
+``….gn.*`` (mmcv ``ConvModule``)                           ``….norm.*``
+``rpn_head.{init_kernels,conv_seg}.*``                     ``kernel_head.{init_kernels,conv_seg}.*``
+``roi_head.mask_head.{i}.attention.attn.*``                ``stages.{i}.attention.*``
+``roi_head.mask_head.{i}.kernel_update_conv.*``            ``stages.{i}.updator.*``
+``roi_head.mask_head.{i}.feat_transform.conv.*``           ``stages.{i}.feat_transform.*``
+``roi_head.mask_head.{i}.ffn.layers.0.0.*`` / ``layers.1`` ``stages.{i}.ffn.fc1.*`` / ``fc2.*``
+``roi_head.mask_head.{i}.{other}``                         ``stages.{i}.{other}``
+=========================================================  ===============================================
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from kmax_deeplab.checkpoints.detectron2 import to_numpy
+from kmax_deeplab.checkpoints.safe_load import load_weights_file
+from kmax_deeplab.checkpoints.table import (
+    CheckpointMismatchError,
+    Row,
+    apply_rows,
+    check_against_target,
+    target_shapes,
+    to_tensor,
+)
+from kmax_deeplab.fileio import atomic_path
+
+__all__ = ["MMDET_TO_OURS", "OURS_TO_MMDET", "load_mmdet_checkpoint", "mmdet_to_ours", "ours_to_mmdet",
+           "save_mmdet"]
+
+_BN = r"(?P<p>weight|bias|running_mean|running_var|num_batches_tracked)"
+_LFPN = "rpn_head.localization_fpn"
+_STAGE = r"roi_head\.mask_head\.(?P<i>\d+)"
+
+#: mmdet -> ours. The first matching row wins.
+MMDET_TO_OURS = (
+    Row(r"backbone\.conv1\.weight", "backbone.stem.conv1.weight"),
+    Row(rf"backbone\.bn1\.{_BN}", "backbone.stem.conv1.norm.{p}"),
+    Row(r"backbone\.layer(?P<s>\d)\.(?P<b>\d+)\.conv(?P<k>\d)\.weight", "backbone.res{s:+1}.{b}.conv{k}.weight"),
+    Row(rf"backbone\.layer(?P<s>\d)\.(?P<b>\d+)\.bn(?P<k>\d)\.{_BN}", "backbone.res{s:+1}.{b}.conv{k}.norm.{p}"),
+    Row(r"backbone\.layer(?P<s>\d)\.(?P<b>\d+)\.downsample\.0\.weight", "backbone.res{s:+1}.{b}.shortcut.weight"),
+    Row(rf"backbone\.layer(?P<s>\d)\.(?P<b>\d+)\.downsample\.1\.{_BN}",
+        "backbone.res{s:+1}.{b}.shortcut.norm.{p}"),
+    Row(r"neck\.lateral_convs\.(?P<i>\d)\.conv\.(?P<p>weight|bias)", "neck.lateral_convs.{i}.{p}"),
+    Row(r"neck\.fpn_convs\.(?P<i>\d)\.conv\.(?P<p>weight|bias)", "neck.output_convs.{i}.{p}"),
+    Row(rf"{_LFPN}\.convs_all_levels\.(?P<L>\d)\.conv(?P<j>\d)\.conv\.weight",
+        "kernel_head.localization_fpn.levels.{L}.{j:*2}.conv.weight"),
+    Row(rf"{_LFPN}\.convs_all_levels\.(?P<L>\d)\.conv(?P<j>\d)\.gn\.(?P<p>weight|bias)",
+        "kernel_head.localization_fpn.levels.{L}.{j:*2}.norm.{p}"),
+    Row(rf"{_LFPN}\.conv_pred\.conv\.weight", "kernel_head.localization_fpn.loc_out.conv.weight"),
+    Row(rf"{_LFPN}\.conv_pred\.gn\.(?P<p>weight|bias)", "kernel_head.localization_fpn.loc_out.norm.{p}"),
+    Row(rf"{_LFPN}\.aux_convs\.0\.conv\.weight", "kernel_head.localization_fpn.sem_out.conv.weight"),
+    Row(rf"{_LFPN}\.aux_convs\.0\.gn\.(?P<p>weight|bias)", "kernel_head.localization_fpn.sem_out.norm.{p}"),
+    Row(r"rpn_head\.(?P<m>loc|seg)_convs\.0\.conv\.weight", "kernel_head.{m}_conv.conv.weight"),
+    Row(r"rpn_head\.(?P<m>loc|seg)_convs\.0\.gn\.(?P<p>weight|bias)", "kernel_head.{m}_conv.norm.{p}"),
+    Row(r"rpn_head\.(?P<r>init_kernels\.weight|conv_seg\.weight|conv_seg\.bias)", "kernel_head.{r}"),
+    Row(rf"{_STAGE}\.attention\.attn\.(?P<r>.+)", "stages.{i}.attention.{r}"),
+    Row(rf"{_STAGE}\.kernel_update_conv\.(?P<r>.+)", "stages.{i}.updator.{r}"),
+    Row(rf"{_STAGE}\.feat_transform\.conv\.(?P<p>weight|bias)", "stages.{i}.feat_transform.{p}"),
+    Row(rf"{_STAGE}\.ffn\.layers\.0\.0\.(?P<p>weight|bias)", "stages.{i}.ffn.fc1.{p}"),
+    Row(rf"{_STAGE}\.ffn\.layers\.1\.(?P<p>weight|bias)", "stages.{i}.ffn.fc2.{p}"),
+    Row(rf"{_STAGE}\.(?P<r>(?:attention_norm|ffn_norm|cls_fcs|fc_cls|mask_fcs|fc_mask)\..+)", "stages.{i}.{r}"),
+)
+
+#: ours -> mmdet: the inverse of :data:`MMDET_TO_OURS`.
+OURS_TO_MMDET = (
+    Row(r"backbone\.stem\.conv1\.weight", "backbone.conv1.weight"),
+    Row(rf"backbone\.stem\.conv1\.norm\.{_BN}", "backbone.bn1.{p}"),
+    Row(r"backbone\.res(?P<s>\d)\.(?P<b>\d+)\.conv(?P<k>\d)\.weight", "backbone.layer{s:-1}.{b}.conv{k}.weight"),
+    Row(rf"backbone\.res(?P<s>\d)\.(?P<b>\d+)\.conv(?P<k>\d)\.norm\.{_BN}", "backbone.layer{s:-1}.{b}.bn{k}.{p}"),
+    Row(r"backbone\.res(?P<s>\d)\.(?P<b>\d+)\.shortcut\.weight", "backbone.layer{s:-1}.{b}.downsample.0.weight"),
+    Row(rf"backbone\.res(?P<s>\d)\.(?P<b>\d+)\.shortcut\.norm\.{_BN}",
+        "backbone.layer{s:-1}.{b}.downsample.1.{p}"),
+    Row(r"neck\.lateral_convs\.(?P<i>\d)\.(?P<p>weight|bias)", "neck.lateral_convs.{i}.conv.{p}"),
+    Row(r"neck\.output_convs\.(?P<i>\d)\.(?P<p>weight|bias)", "neck.fpn_convs.{i}.conv.{p}"),
+    Row(r"kernel_head\.localization_fpn\.levels\.(?P<L>\d)\.(?P<j>[02468])\.conv\.weight",
+        _LFPN + ".convs_all_levels.{L}.conv{j://2}.conv.weight"),
+    Row(r"kernel_head\.localization_fpn\.levels\.(?P<L>\d)\.(?P<j>[02468])\.norm\.(?P<p>weight|bias)",
+        _LFPN + ".convs_all_levels.{L}.conv{j://2}.gn.{p}"),
+    Row(r"kernel_head\.localization_fpn\.loc_out\.conv\.weight", _LFPN + ".conv_pred.conv.weight"),
+    Row(r"kernel_head\.localization_fpn\.loc_out\.norm\.(?P<p>weight|bias)", _LFPN + ".conv_pred.gn.{p}"),
+    Row(r"kernel_head\.localization_fpn\.sem_out\.conv\.weight", _LFPN + ".aux_convs.0.conv.weight"),
+    Row(r"kernel_head\.localization_fpn\.sem_out\.norm\.(?P<p>weight|bias)", _LFPN + ".aux_convs.0.gn.{p}"),
+    Row(r"kernel_head\.(?P<m>loc|seg)_conv\.conv\.weight", "rpn_head.{m}_convs.0.conv.weight"),
+    Row(r"kernel_head\.(?P<m>loc|seg)_conv\.norm\.(?P<p>weight|bias)", "rpn_head.{m}_convs.0.gn.{p}"),
+    Row(r"kernel_head\.(?P<r>init_kernels\.weight|conv_seg\.weight|conv_seg\.bias)", "rpn_head.{r}"),
+    Row(r"stages\.(?P<i>\d+)\.attention\.(?P<r>in_proj_weight|in_proj_bias|out_proj\.weight|out_proj\.bias)",
+        "roi_head.mask_head.{i}.attention.attn.{r}"),
+    Row(r"stages\.(?P<i>\d+)\.updator\.(?P<r>.+)", "roi_head.mask_head.{i}.kernel_update_conv.{r}"),
+    Row(r"stages\.(?P<i>\d+)\.feat_transform\.(?P<p>weight|bias)", "roi_head.mask_head.{i}.feat_transform.conv.{p}"),
+    Row(r"stages\.(?P<i>\d+)\.ffn\.fc1\.(?P<p>weight|bias)", "roi_head.mask_head.{i}.ffn.layers.0.0.{p}"),
+    Row(r"stages\.(?P<i>\d+)\.ffn\.fc2\.(?P<p>weight|bias)", "roi_head.mask_head.{i}.ffn.layers.1.{p}"),
+    Row(r"stages\.(?P<i>\d+)\.(?P<r>(?:attention_norm|ffn_norm|cls_fcs|fc_cls|mask_fcs|fc_mask)\..+)",
+        "roi_head.mask_head.{i}.{r}"),
+)
+
+
+def mmdet_to_ours(state: Mapping[str, np.ndarray | torch.Tensor], target: torch.nn.Module | Mapping[str, object], *,
+                  strict: bool = True, source: str = "mmdet K-Net checkpoint") -> dict[str, torch.Tensor]:
+    """Rename an original K-Net state dict to ours and check it against ``target``.
+
+    Args:
+        state: mmdet name -> tensor (the ``"state_dict"`` entry of a released ``.pth``).
+        target: our :class:`~kmax_deeplab.modeling.knet.KNet`, its state dict, or name -> shape.
+        strict: every mmdet entry used and every target entry produced.
+        source: checkpoint description for messages.
+
+    Returns:
+        our name -> tensor.
+
+    Raises:
+        CheckpointMismatchError: leftovers on either side, or shape mismatches (a
+            133-class panoptic head into an 80-class instance model names both shapes).
+    """
+    state = to_numpy(state)
+    _check_family_and_task(state, target_shapes(target), source)
+    converted, origin, unmatched = apply_rows(state, MMDET_TO_OURS)
+    return check_against_target(converted, target_shapes(target), source=source, unmatched=unmatched,
+                                origin=origin, strict=strict)
+
+
+def _check_family_and_task(state: Mapping[str, np.ndarray], target: Mapping[str, tuple], source: str) -> None:
+    """One-line refusal of another family's checkpoint or of the other K-Net task / class count."""
+    seg = state.get("rpn_head.conv_seg.weight")
+    if seg is None or "roi_head.mask_head.0.fc_cls.weight" not in state:
+        sample = ", ".join(sorted(state)[:3])
+        raise CheckpointMismatchError(f"{source} is not an mmdet K-Net checkpoint (no rpn_head.conv_seg / "
+                                      f"roi_head.mask_head.0.fc_cls; found keys like {sample})")
+    ours = target.get("kernel_head.conv_seg.weight")
+    if ours is not None and tuple(seg.shape)[0] != tuple(ours)[0]:
+        def kind(c: int) -> str:
+            return "panoptic" if c == 133 else "instance" if c == 80 else "custom"
+        found, expected = int(seg.shape[0]), int(ours[0])
+        article = "an" if kind(expected) == "instance" else "a"
+        raise CheckpointMismatchError(f"{source} holds a {kind(found)} K-Net with {found} classes, but the model "
+                                      f"is {article} {kind(expected)} K-Net with {expected} classes; use the matching "
+                                      f"config (panoptic 133 / instance 80)")
+
+
+def ours_to_mmdet(state: Mapping[str, np.ndarray | torch.Tensor]) -> dict[str, np.ndarray]:
+    """Rename our K-Net state dict to the original mmdet names (tensors unchanged).
+
+    Raises:
+        CheckpointMismatchError: a key no row converts (not a K-Net state dict).
+    """
+    converted, _, unmatched = apply_rows(to_numpy(state), OURS_TO_MMDET)
+    if unmatched:
+        raise CheckpointMismatchError(f"cannot export to the mmdet K-Net layout: {len(unmatched)} keys "
+                                      f"have no mmdet name: {unmatched[:20]}")
+    return converted
+
+
+def load_mmdet_checkpoint(path: str | Path, target: torch.nn.Module | Mapping[str, object], *,
+                          strict: bool = True) -> dict[str, torch.Tensor]:
+    """Read a released K-Net ``.pth`` safely and convert it (see :func:`mmdet_to_ours`)."""
+    return mmdet_to_ours(load_weights_file(path), target, strict=strict, source=str(path))
+
+
+def save_mmdet(state: Mapping[str, np.ndarray | torch.Tensor], path: str | Path, *,
+               meta: Mapping[str, Any] | None = None) -> Path:
+    """Write our state dict as an original-layout K-Net ``.pth`` (``{"state_dict", "meta"}``), atomically."""
+    path = Path(path)
+    mm = ours_to_mmdet(state)
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": {k: to_tensor(v) for k, v in mm.items()}, "meta": dict(meta or {})}, tmp)
+    return path

@@ -1,0 +1,73 @@
+"""K-Net's config sections (``model``, ``loss``, ``postprocess``; knet.md §2-§8).
+
+Plain dataclasses found through the family table (``modeling/families.py``, key ``"knet"``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kmax_deeplab.modeling.sections import ModelConfig
+
+TASKS = ("panoptic", "instance")
+
+
+@dataclass
+class KNetModelConfig(ModelConfig):
+    """K-Net architecture: the shared :class:`ModelConfig` fields plus these.
+
+    Shared fields as K-Net reads them: ``backbone`` ``resnet50`` / ``resnet101`` (mmdet
+    "pytorch" style, ImageNet mean/std) or ``resnet_tiny``; ``num_classes`` C (panoptic COCO
+    133, instance 80); ``num_queries`` the thing kernels (100); ``image_size`` the test
+    scale ``(short, long)`` = (800, 1333) images are resized to, keeping the aspect ratio;
+    ``norm`` the backbone's batch norm.
+
+    Attributes:
+        task: ``"panoptic"`` (thing + stuff kernels) or ``"instance"`` (things only).
+        num_thing_classes: T (80); classes T..C-1 are stuff.
+        num_stages: kernel update stages (3).
+        hidden_dim / num_heads / ffn_dim: kernel width, attention heads, FFN width (256/8/2048).
+        num_groups: GroupNorm groups of the localisation FPN and kernel head (32).
+        frozen_stages / norm_eval: mmdet backbone freezing (1: stem + res2; BN statistics frozen).
+        train_short: training short side drawn uniformly from this range, long side at most
+            ``image_size[1]`` (1x: (800, 800); ms-3x: (640, 800)).
+    """
+
+    meta_architecture: str = "knet"
+    num_queries: int = 100
+    image_size: tuple[int, int] = (800, 1333)
+    task: str = "panoptic"
+    num_thing_classes: int = 80
+    num_stages: int = 3
+    hidden_dim: int = 256
+    num_heads: int = 8
+    ffn_dim: int = 2048
+    num_groups: int = 32
+    frozen_stages: int = 1
+    norm_eval: bool = True
+    train_short: tuple[int, int] = (800, 800)
+
+
+@dataclass
+class KNetLossConfig:
+    """Loss weights (knet.md §6): focal class 2, mask BCE 1, dice 4, rank 0.1 (panoptic),
+    semantic focal 1 on the kernel head's map; focal alpha 0.25, gamma 2."""
+
+    class_weight: float = 2.0
+    mask_weight: float = 1.0
+    dice_weight: float = 4.0
+    rank_weight: float = 0.1
+    semantic_weight: float = 1.0
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+
+
+@dataclass
+class KNetPostProcessConfig:
+    """Inference thresholds (knet.md §7): panoptic thing score 0.3 and overlap 0.6, mask 0.5;
+    instance: the best ``max_per_image`` (kernel, class) pairs."""
+
+    instance_score_threshold: float = 0.3
+    overlap_threshold: float = 0.6
+    mask_threshold: float = 0.5
+    max_per_image: int = 100
