@@ -105,7 +105,7 @@ PQ_MIN = 25.0  # measured 37.8 (below)
 
 @pytest.mark.slow
 @pytest.mark.skipif(not __import__("os").environ.get("KMAX_LONG_TESTS"),
-                    reason="~5 min on an idle 2-core CPU (18 min on the loaded VM); set KMAX_LONG_TESTS=1")
+                    reason="18 min of training on the loaded 2-core VM (idle: not measured); set KMAX_LONG_TESTS=1")
 def test_tiny_max_reaches_pq_on_synthetic_validation(tmp_path):
     """250 steps of 8 images of the tiny preset's schedule lift synthetic-validation PQ from 0 to >= 25.
 
