@@ -159,7 +159,7 @@ def test_reader_dtypes_and_corruption(tmp_path):
 
 
 # ------------------------------------------------------------------ into the real model (issue #6)
-PRESET = {"r50": "coco/kmax_r50_deeplab2", "convnext_tiny": "coco/kmax_convnext_tiny"}
+PRESET = {"r50": "coco/kmax_r50_deeplab2", "convnext_tiny": "coco/kmax_convnext_tiny_deeplab2"}
 ZOO_NAME = {"r50": "kmax_r50_coco", "convnext_tiny": "kmax_convnext_tiny_coco"}
 
 
@@ -221,6 +221,7 @@ def test_convert_then_predict_cli(tf_ckpts, coco_sample, tmp_path):
     assert main(["convert", "--from", "deeplab2", prefix + ".index", str(native), "--config", PRESET[backbone]]) == 0
     cfg = load_config(native / "config.yaml")
     assert cfg.name == PRESET[backbone] and cfg.model.backbone == "resnet50_deeplab2"
+    assert cfg.model.reference == "deeplab2" and cfg.postprocess.variant == "deeplab2"
     images = sorted((coco_sample / "sample_data" / "input_images").glob("*.jpg"))
     out = tmp_path / "pred"
     assert main(["predict", *map(str, images), "-o", str(out), "--weights", str(native), "--quiet",
@@ -269,6 +270,7 @@ def test_tf_zoo_archive_end_to_end(tf_ckpts, coco_sample, tmp_path, monkeypatch)
         thread.join(timeout=5)
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [name]  # no temp leftovers
     assert predictor.canvas == (65, 65) and predictor.cfg.model.backbone == zoo.ZOO[name].backbone
+    assert predictor.cfg.model.reference == "deeplab2"  # a TF zoo entry is deeplab2's network
     images = sorted((coco_sample / "sample_data" / "input_images").glob("*.jpg"))
     from kmax_deeplab.commands.predict import predict_files
 

@@ -56,7 +56,7 @@ def _predict(image: Path, tmp_path: Path, *extra: str) -> int:
     ("postprocess.stuff_threshold=1.5", "postprocess.stuff_threshold=1.5: must be in [0.0, 1.0]"),
     ("postprocess.overlap_threshold=-0.1", "postprocess.overlap_threshold=-0.1: must be in"),
     ("postprocess.variant=nonsense", "postprocess.variant='nonsense': unknown value; expected one "
-                                     "of bytedance, deeplab2"),
+                                     "of auto, bytedance, deeplab2"),
     ("postprocess.thing_area_limit=-1", "postprocess.thing_area_limit=-1: must be integer(s) >= 0"),
     ("solver.amp=fp8", "solver.amp='fp8': unknown value"),
     ("solver.device=tpu", "solver.device='tpu': unknown device"),

@@ -287,12 +287,13 @@ def test_layer_self_attention_reads_pre_update_query_space():
     torch.testing.assert_close(new_query, x)
 
 
-def test_deeplab2_reference_activates_low_level_features_for_convnext_only():
-    for backbone, reference, expected in [("convnext_tiny", "deeplab2", True), ("convnext_tiny", "bytedance", False),
-                                          ("resnet50", "deeplab2", False)]:
+def test_deeplab2_reference_activates_low_level_features_with_the_backbone_activation():
+    # deeplab2 feeds its backbone's activated res3/res2: GELU for ConvNeXt, ReLU for its ResNet.
+    for backbone, reference, expected in [("convnext_tiny", "deeplab2", "gelu"), ("convnext_tiny", "bytedance", "none"),
+                                          ("resnet50", "deeplab2", "relu"), ("resnet50", "bytedance", "none")]:
         cfg = get_preset("coco/kmax_r50").model
         cfg.backbone, cfg.reference = backbone, reference
         channels = CONVNEXT["tiny"] if backbone.startswith("convnext") else R50
         with torch.device("meta"):
             model = build_kmax(cfg, backbone=StandInBackbone(channels))
-        assert model.predictor._auxiliary_semantic_predictor.activate_low_level is expected
+        assert model.predictor._auxiliary_semantic_predictor.low_level_activation == expected

@@ -54,7 +54,8 @@ def test_core_does_not_import_torchvision_or_timm():
     assert offenders == []
 
 
-@pytest.mark.parametrize("command", ["predict", "train", "evaluate", "convert", "demo", "info"])
+@pytest.mark.parametrize("command", ["predict", "train", "evaluate", "prepare", "convert", "demo", "info",
+                                     "export", "app"])
 def test_every_subcommand_has_help(command, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main([command, "--help"])

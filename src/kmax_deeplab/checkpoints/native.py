@@ -6,6 +6,12 @@ trainer's exports read it. Both files are written atomically, with a third,
 also refuses weights holding NaN/inf, naming the tensor
 (:mod:`kmax_deeplab.checkpoints.checksums`). A folder without the sidecar (written before
 it existed) loads with a warning.
+
+Checkpoints converted from deeplab2 before ``model.reference`` selected the whole network
+(their ``config.yaml`` says ``reference: bytedance``, the default then) are recognised by
+the safetensors metadata the converter writes (``source: deeplab2`` without a
+``reference`` entry, which every conversion has carried since) and upgraded on load to
+``model.reference: deeplab2`` with a warning; see :func:`upgrade_deeplab2_reference`.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from kmax_deeplab.checkpoints.checksums import check_finite, sha256_sidecar, verify_sha256, write_sha256
@@ -72,10 +79,37 @@ def load_native(directory: str | Path, device: str | torch.device = "cpu") -> tu
                       "verified (re-save the folder to add one)", UserWarning, stacklevel=2)
     try:
         state = load_file(str(weights), device=str(device))
+        with safe_open(str(weights), framework="pt") as f:
+            metadata = f.metadata() or {}
     except Exception as e:  # safetensors raises its own error types
         raise ValueError(f"{weights}: cannot read safetensors weights ({e})") from None
     check_finite(state, str(weights))
+    upgrade_deeplab2_reference(cfg, metadata, str(directory))
     return cfg, state
+
+
+def upgrade_deeplab2_reference(cfg: Config, metadata: Mapping[str, str], source: str = "checkpoint") -> bool:
+    """Give a pre-fix deeplab2 conversion deeplab2's network (in place); True when it did.
+
+    A folder written by ``kmax convert --from deeplab2`` (or the zoo) before the fix has
+    ``source: deeplab2`` and no ``reference`` in its safetensors metadata, and a config that
+    builds the bytedance network (no pixel-decoder dilation, raw aux-semantic inputs,
+    bytedance post-processing): its predictions are not deeplab2's. Such a config gets
+    ``model.reference = "deeplab2"`` and ``postprocess.variant = "auto"`` (that of the
+    reference), with a warning that says how to make it permanent.
+    """
+    reference = getattr(cfg.model, "reference", None)  # families without the switch: nothing to do
+    if metadata.get("source") != "deeplab2" or "reference" in metadata or reference in (None, "deeplab2"):
+        return False
+    warnings.warn(
+        f"{source}: converted from deeplab2 before model.reference selected the whole network; its "
+        f"config.yaml builds the {cfg.model.reference!r} network, so model.reference is set to 'deeplab2' "
+        "(atrous pixel-decoder bottlenecks, activated aux-semantic inputs, deeplab2 post-processing). "
+        "Convert the checkpoint again to make this permanent.", UserWarning, stacklevel=3)
+    cfg.model.reference = "deeplab2"
+    if cfg.postprocess.variant == "bytedance":
+        cfg.postprocess.variant = "auto"
+    return True
 
 
 def load_state_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:

@@ -25,6 +25,7 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -77,26 +78,31 @@ def _bd(name: str, file_id: str, dataset: str, backbone: str, preset: str, pq: f
 
 
 _ENTRIES = [
-    # deeplab2 g3doc/projects/kmax_deeplab.md (TF, converted into the deeplab2-layout R50 / ConvNeXt).
+    # deeplab2 g3doc/projects/kmax_deeplab.md (TF, converted into the deeplab2-layout R50 / ConvNeXt);
+    # every one builds deeplab2's network (a *_deeplab2 preset: model.reference = deeplab2).
     _tf("kmax_r50_coco", "kmax_resnet50_coco_train", "coco", "resnet50_deeplab2", "coco/kmax_r50_deeplab2", 53.0),
-    _tf("kmax_convnext_tiny_coco", "kmax_convnext_tiny_coco_train", "coco", "convnext_tiny", "coco/kmax_convnext_tiny", 55.3),
-    _tf("kmax_convnext_small_coco", "kmax_convnext_small_coco_train", "coco", "convnext_small", "coco/kmax_convnext_small", 56.3),
-    _tf("kmax_convnext_base_coco", "kmax_convnext_base_coco_train", "coco", "convnext_base", "coco/kmax_convnext_base", 57.2),
-    _tf("kmax_convnext_large_coco", "kmax_convnext_large_coco_train", "coco", "convnext_large", "coco/kmax_convnext_large", 57.9),
+    _tf("kmax_convnext_tiny_coco", "kmax_convnext_tiny_coco_train", "coco", "convnext_tiny",
+        "coco/kmax_convnext_tiny_deeplab2", 55.3),
+    _tf("kmax_convnext_small_coco", "kmax_convnext_small_coco_train", "coco", "convnext_small",
+        "coco/kmax_convnext_small_deeplab2", 56.3),
+    _tf("kmax_convnext_base_coco", "kmax_convnext_base_coco_train", "coco", "convnext_base",
+        "coco/kmax_convnext_base_deeplab2", 57.2),
+    _tf("kmax_convnext_large_coco", "kmax_convnext_large_coco_train", "coco", "convnext_large",
+        "coco/kmax_convnext_large_deeplab2", 57.9),
     _tf("kmax_convnext_large_coco_unlabeled", "kmax_convnext_large_coco_train_unlabeled", "coco", "convnext_large",
-        "coco/kmax_convnext_large", 58.1, "trained with the COCO unlabeled set"),
+        "coco/kmax_convnext_large_deeplab2", 58.1, "trained with the COCO unlabeled set"),
     _tf("kmax_r50_cityscapes", "kmax_resnet50_cityscapes_train", "cityscapes", "resnet50_deeplab2",
         "cityscapes/kmax_r50_deeplab2", 64.3),
     _tf("kmax_convnext_tiny_cityscapes", "kmax_convnext_tiny_cityscapes_train", "cityscapes", "convnext_tiny",
-        "cityscapes/kmax_convnext_tiny", 66.3),
+        "cityscapes/kmax_convnext_tiny_deeplab2", 66.3),
     _tf("kmax_convnext_small_cityscapes", "kmax_convnext_small_cityscapes_train", "cityscapes", "convnext_small",
-        "cityscapes/kmax_convnext_small", 67.3),
+        "cityscapes/kmax_convnext_small_deeplab2", 67.3),
     _tf("kmax_convnext_base_cityscapes", "kmax_convnext_base_cityscapes_train", "cityscapes", "convnext_base",
-        "cityscapes/kmax_convnext_base", 68.0),
+        "cityscapes/kmax_convnext_base_deeplab2", 68.0),
     _tf("kmax_convnext_large_cityscapes", "kmax_convnext_large_cityscapes_train", "cityscapes", "convnext_large",
-        "cityscapes/kmax_convnext_large", 68.4),
+        "cityscapes/kmax_convnext_large_deeplab2", 68.4),
     _tf("kmax_convnext_large_ade20k_1281", "kmax_convnext_large_res1281_ade20k_train", "ade20k", "convnext_large",
-        "ade20k/kmax_convnext_large_1281", 50.9, "BD reports PQ 50.662 for this file ported"),
+        "ade20k/kmax_convnext_large_1281_deeplab2", 50.9, "BD reports PQ 50.662 for this file ported"),
     # deeplab2 g3doc/projects/max_deeplab.md (TF MaX-DeepLab, 400k-step checkpoints; spec max_deeplab.md §6).
     _tf("max_deeplab_s_coco", "max_deeplab_s_os16_res641_400k_coco_train", "coco", "axial_resnet50",
         "coco/max_deeplab_s_641", 47.0, "MaX-DeepLab-S 641x641, 400k steps"),
@@ -225,7 +231,11 @@ def convert_file(src: Path, dst: Path, *, source: str, preset: str, strict: bool
         dst: output folder; written only after a successful conversion (atomic rename).
         source: an importer of the config's model family (its ``importers`` in the family
             table; kMaX: ``deeplab2``, ``detectron2`` or ``imagenet``).
-        preset: config preset (or YAML path) that builds the target model.
+        preset: config preset (or YAML path) that builds the target model. With
+            ``source="deeplab2"`` a kMaX config's ``model.reference`` is set to ``"deeplab2"``
+            (with a warning when it said otherwise): a deeplab2 checkpoint is deeplab2's
+            network. The safetensors metadata records ``source`` and ``reference`` (see
+            :func:`~kmax_deeplab.checkpoints.native.upgrade_deeplab2_reference`).
         strict: see the converters.
 
     Raises:
@@ -236,6 +246,13 @@ def convert_file(src: Path, dst: Path, *, source: str, preset: str, strict: bool
     from kmax_deeplab.modeling.families import family_of
 
     cfg = load_config(preset)
+    if source == "deeplab2" and getattr(cfg.model, "reference", "deeplab2") != "deeplab2":
+        # A deeplab2 checkpoint is deeplab2's network: its weights predict correctly only with
+        # the deeplab2 behaviour switches (docs/parity.md, "Behaviour switches").
+        warnings.warn(f"kmax convert: config {preset!r} has model.reference={cfg.model.reference!r}; "
+                      "a deeplab2 checkpoint needs deeplab2's network, so the converted config gets "
+                      "model.reference='deeplab2'", UserWarning, stacklevel=2)
+        cfg.model.reference = "deeplab2"
     family = family_of(cfg)
     importer = family.importers.get(source)
     if importer is None:
@@ -246,6 +263,8 @@ def convert_file(src: Path, dst: Path, *, source: str, preset: str, strict: bool
 
     check_finite(sd, str(src))  # NaN/inf weights would predict nothing, silently
     meta = {"source": source, "original": Path(src).name, **(metadata or {})}
+    if getattr(cfg.model, "reference", None) is not None:
+        meta["reference"] = cfg.model.reference
     dst = Path(dst)
     if dst.exists():
         raise FileExistsError(f"{dst}: already exists; choose a new output folder")

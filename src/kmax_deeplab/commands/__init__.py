@@ -5,4 +5,4 @@ Each module defines ``register(subparsers)``, which adds its parser and sets
 code. Each is a thin layer over a library function.
 """
 
-COMMANDS = ("predict", "train", "evaluate", "prepare", "convert", "demo", "info")
+COMMANDS = ("predict", "train", "evaluate", "prepare", "convert", "demo", "info", "export", "app")

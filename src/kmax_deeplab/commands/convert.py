@@ -9,6 +9,7 @@ import argparse
 
 _EPILOG = """examples:
   kmax convert --from deeplab2 kmax_resnet50_coco_train/ ./kmax_r50_coco --config coco/kmax_r50_deeplab2
+  kmax convert --from deeplab2 kmax_convnext_tiny_coco_train/ ./kmax_cnt_coco --config coco/kmax_convnext_tiny_deeplab2
   kmax convert --from detectron2 kmax_r50.pth ./kmax_r50_coco_bd --config coco/kmax_r50
   kmax convert --from imagenet convnext_tiny_22k_1k_384.pth ./init --config coco/kmax_convnext_tiny
 then: kmax predict IMAGES... -o preds/ --weights ./kmax_r50_coco
@@ -47,7 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("dst", help="output folder (must not exist; written atomically)")
     p.add_argument("--config", required=True,
                    help="config preset (see `kmax info`) or YAML file of the model the weights belong to, "
-                        "e.g. coco/kmax_r50_deeplab2")
+                        "e.g. coco/kmax_r50_deeplab2; with --from deeplab2 the result always has "
+                        "model.reference=deeplab2 (deeplab2's network)")
     p.add_argument("--non-strict", action="store_true",
                    help="allow leftover or missing entries (shapes must still match); for debugging only")
     p.set_defaults(func=run)

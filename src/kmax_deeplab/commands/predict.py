@@ -68,7 +68,8 @@ def coco_image_id(path: Path):
 
 def predict_files(predictor, files: Sequence[Path], output: str | Path, *, overlay: bool = True,
                   progress: bool = True, resume: bool = False, overwrite: bool = False,
-                  max_pixels: int | None = None, task: str = "panoptic") -> tuple[int, list[str]]:
+                  max_pixels: int | None = None, task: str = "panoptic",
+                  save_format: str = "coco") -> tuple[int, list[str]]:
     """Predict ``files`` and write ``<stem>.png``, ``<stem>_overlay.jpg`` and ``predictions.json``;
     with ``task="instance"`` write ``instances_results.json`` (COCO instance results:
     ``image_id``, ``category_id``, ``score``, RLE ``segmentation``) instead.
@@ -90,6 +91,10 @@ def predict_files(predictor, files: Sequence[Path], output: str | Path, *, overl
         resume: skip the images the folder's journal lists as done.
         overwrite: remove a previous run's files first.
         max_pixels: skip images with more pixels (default: Pillow's decompression-bomb limit).
+        save_format: ``"coco"``, ``"cityscapes"`` or ``"npz"``
+            (:class:`~kmax_deeplab.engine.writers.PredictionWriter`).
+
+    The progress bar shows images/s, and a last line on stderr the overall rate.
 
     Returns:
         ``(number of images written in this call, list of error messages)``.
@@ -109,7 +114,8 @@ def predict_files(predictor, files: Sequence[Path], output: str | Path, *, overl
     if instances is None:
         journal = open_journal(output, predictor.meta.categories, overlay=overlay, resume=resume,
                                overwrite=overwrite)
-        writer = PredictionWriter(output, predictor.meta.categories, overlay=overlay)
+        writer = PredictionWriter(output, predictor.meta.categories, overlay=overlay,
+                                  save_format=save_format)
         writer.reserve_stems(journal.stems())
         todo = [p for p in files if not journal.is_done(p)]
     else:  # instance results are one JSON, written at the end and on any stop
@@ -117,8 +123,11 @@ def predict_files(predictor, files: Sequence[Path], output: str | Path, *, overl
         todo = list(files)
     errors: list[str] = []
     done = 0
-    bar = tqdm(total=len(files), initial=len(files) - len(todo), unit="img",
-               disable=not progress, file=sys.stderr)
+    import time
+
+    started = time.perf_counter()
+    bar = tqdm(total=len(files), initial=len(files) - len(todo), unit=" images",
+               desc="kmax predict", disable=not progress, file=sys.stderr)
 
     def fail(path: Path, exc: BaseException) -> None:
         from kmax_deeplab.errors import format_error
@@ -170,6 +179,10 @@ def predict_files(predictor, files: Sequence[Path], output: str | Path, *, overl
                 bar.update(1)
     finally:
         bar.close()
+        if done and progress:
+            seconds = time.perf_counter() - started
+            print(f"kmax predict: {done} image(s) in {seconds:.1f} s "
+                  f"({done / max(seconds, 1e-9):.2f} images/s)", file=sys.stderr)
         if journal is not None:
             journal.close()
             if journal.done:
@@ -246,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
     done, errors = predict_files(predictor, files, args.output, overlay=not args.no_overlay,
                                  progress=not args.quiet, resume=args.resume,
                                  overwrite=args.overwrite, max_pixels=args.max_pixels,
-                                 task=args.task)
+                                 task=args.task, save_format=args.save_format)
     print(f"kmax predict: wrote {done} prediction(s) to {args.output}"
           + (f"; skipped {len(errors)} unreadable file(s)" if errors else ""), file=sys.stderr)
     return 0 if (done or not errors) else 1
@@ -291,6 +304,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="panoptic: PNG + predictions.json; instance: instances_results.json (COCO instance "
                         "results with RLE masks; needs an instance model, e.g. coco/knet_r50_fpn_1x_instance)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--save-format", choices=("coco", "cityscapes", "npz"), default="coco",
+                   help="coco: <stem>.png ids + predictions.json (default); cityscapes: also "
+                        "<stem>_labelIds.png and <stem>_pred.txt + instance masks "
+                        "(cityscapesScripts result files); npz: <stem>.npz (panoptic + "
+                        "segments arrays) instead of the PNG")
     p.add_argument("--resume", action="store_true",
                    help="continue the run recorded in the output folder's "
                         "predictions.journal.jsonl (finished images are skipped)")

@@ -4,6 +4,11 @@ Numbers follow spec ``kmax_deeplab.md`` §1 (architecture), §3 (post-processing
 and §4 (training recipes; bytedance trains with AMP fp16, hence ``solver.amp="fp16"``).
 Nothing registers itself at import time; the table below is the whole list, printed by
 ``kmax info``.
+
+Every ``*_deeplab2`` preset builds the network deeplab2 (TF) trained, for its checkpoints:
+``model.reference="deeplab2"`` (the behaviour switches of ``docs/parity.md``: atrous
+pixel-decoder bottlenecks, activated aux-semantic inputs, always-aligned resizes, the
+deeplab2 post-processing with its area limits) and, for R50, the deeplab2-layout backbone.
 """
 
 from __future__ import annotations
@@ -27,6 +32,18 @@ _CONVNEXT_DROP_PATH = {
     # The spec gives only L (0.7) for ADE20K; T/S/B fall back to the COCO rates.
     "ade20k": {"tiny": 0.3, "small": 0.4, "base": 0.5, "large": 0.7},
 }
+
+
+def _deeplab2(factory: Callable[[], Config]) -> Callable[[], Config]:
+    """The preset of ``factory`` with deeplab2's network and post-processing."""
+
+    def build() -> Config:
+        cfg = factory()
+        cfg.model.reference = "deeplab2"
+        cfg.postprocess.variant = "deeplab2"
+        return cfg
+
+    return build
 
 
 def _coco(backbone: str = "resnet50", drop: float = 0.0) -> Config:
@@ -246,10 +263,14 @@ def _named(factory: Callable[[], Config], name: str) -> Callable[[], Config]:
 
 PRESETS: dict[str, Callable[[], Config]] = {
     "coco/kmax_r50": _named(lambda: _coco("resnet50"), "coco/kmax_r50"),
-    "coco/kmax_r50_deeplab2": _named(lambda: _coco("resnet50_deeplab2"), "coco/kmax_r50_deeplab2"),
+    "coco/kmax_r50_deeplab2": _named(_deeplab2(lambda: _coco("resnet50_deeplab2")), "coco/kmax_r50_deeplab2"),
     "cityscapes/kmax_r50": _named(lambda: _cityscapes("resnet50"), "cityscapes/kmax_r50"),
-    "cityscapes/kmax_r50_deeplab2": _named(lambda: _cityscapes("resnet50_deeplab2"),
+    "cityscapes/kmax_r50_deeplab2": _named(_deeplab2(lambda: _cityscapes("resnet50_deeplab2")),
                                            "cityscapes/kmax_r50_deeplab2"),
+    "ade20k/kmax_r50_641_deeplab2": _named(_deeplab2(lambda: _ade20k("resnet50_deeplab2", size=641)),
+                                           "ade20k/kmax_r50_641_deeplab2"),
+    "ade20k/kmax_r50_1281_deeplab2": _named(_deeplab2(lambda: _ade20k("resnet50_deeplab2", size=1281)),
+                                            "ade20k/kmax_r50_1281_deeplab2"),
     "ade20k/kmax_r50_641": _named(lambda: _ade20k("resnet50", size=641), "ade20k/kmax_r50_641"),
     "ade20k/kmax_r50_1281": _named(lambda: _ade20k("resnet50", size=1281), "ade20k/kmax_r50_1281"),
     "synthetic/kmax_tiny": _tiny,
@@ -265,15 +286,16 @@ for _task, _suffix in (("panoptic", ""), ("instance", "_instance")):
         PRESETS[_n] = (lambda bb=_bb, sc=_sched, t=_task: _knet(bb, sc, t))
 for _size in ("tiny", "small", "base", "large"):
     _bb = f"convnext_{_size}"
-    PRESETS[f"coco/kmax_{_bb}"] = _named(
-        (lambda bb=_bb, s=_size: _coco(bb, _CONVNEXT_DROP_PATH["coco"][s])), f"coco/kmax_{_bb}")
-    PRESETS[f"cityscapes/kmax_{_bb}"] = _named(
-        (lambda bb=_bb, s=_size: _cityscapes(bb, _CONVNEXT_DROP_PATH["cityscapes"][s])),
-        f"cityscapes/kmax_{_bb}")
+    _factories = {
+        f"coco/kmax_{_bb}": (lambda bb=_bb, s=_size: _coco(bb, _CONVNEXT_DROP_PATH["coco"][s])),
+        f"cityscapes/kmax_{_bb}": (lambda bb=_bb, s=_size: _cityscapes(bb, _CONVNEXT_DROP_PATH["cityscapes"][s])),
+    }
     for _px in (641, 1281):
-        PRESETS[f"ade20k/kmax_{_bb}_{_px}"] = _named(
-            (lambda bb=_bb, s=_size, px=_px: _ade20k(bb, _CONVNEXT_DROP_PATH["ade20k"][s], px)),
-            f"ade20k/kmax_{_bb}_{_px}")
+        _factories[f"ade20k/kmax_{_bb}_{_px}"] = (
+            lambda bb=_bb, s=_size, px=_px: _ade20k(bb, _CONVNEXT_DROP_PATH["ade20k"][s], px))
+    for _name, _factory in _factories.items():
+        PRESETS[_name] = _named(_factory, _name)
+        PRESETS[f"{_name}_deeplab2"] = _named(_deeplab2(_factory), f"{_name}_deeplab2")
 
 
 def list_presets() -> list[str]:

@@ -67,7 +67,7 @@ def validate_config(cfg: Any) -> Any:
 
     Checked (by field-name convention, so every family's sections are covered):
     post-processing ``*_threshold`` finite in [0, 1], ``*_weight`` finite and >= 0,
-    ``*_area_limit`` >= 0, ``postprocess.variant`` known (kMaX); loss weights finite >= 0, ``focal_alpha``
+    ``*_area_limit`` >= 0, ``postprocess.variant`` known (kMaX: auto, bytedance, deeplab2); loss weights finite >= 0, ``focal_alpha``
     in [0, 1], temperatures > 0; data scales > 0 with ``min_scale <= max_scale``, known
     ``data.dataset`` and ``data.on_bad_sample``; solver sizes >= 1, LR > 0, ``betas`` in
     [0, 1), ``eps`` > 0, known ``amp``/``nan_policy``, a well-formed ``device``; model
@@ -82,7 +82,7 @@ def validate_config(cfg: Any) -> Any:
         if family == "kmax" and hasattr(pp, "variant"):
             from kmax_deeplab.modeling.postprocess import VARIANTS
 
-            _one_of(pp.variant, "postprocess.variant", VARIANTS)
+            _one_of(pp.variant, "postprocess.variant", ("auto",) + tuple(VARIANTS))  # auto: model.reference's
         for name, value in vars(pp).items():
             if name.endswith("_threshold"):
                 _in_range(value, f"postprocess.{name}", 0.0, 1.0)

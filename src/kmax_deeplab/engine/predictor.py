@@ -24,11 +24,13 @@ from kmax_deeplab.api import read_weights
 from kmax_deeplab.checkpoints.native import load_state_strict
 from kmax_deeplab.geometry import FixedCanvas, fit_size  # noqa: F401  (fit_size: old import path)
 from kmax_deeplab.modeling.families import family_of
+from kmax_deeplab.modeling.postprocess import semantic_probabilities
 
 ImageInput = Union[np.ndarray, Image.Image, str, Path]
 
 PAD_VALUE = 127.5  # kMaX's pad value (FixedCanvas.pixel_mean)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+OUTPUT_FORMATS = ("coco", "detectron2")
 
 
 def load_image(image: ImageInput, *, max_pixels: int | None = None) -> np.ndarray:
@@ -131,11 +133,17 @@ class Predictor:
             ~1e-6 relative per layer, which the k-means argmax can amplify into changed pixels,
             see ``docs/parity.md``; ~20% faster at 1281² on CPU, see ``docs/benchmarks.md``, and
             the layout tensor cores prefer).
+        output_format: ``"coco"`` (COCO-panoptic ``panoptic`` + ``segments_info``) or
+            ``"detectron2"`` (``panoptic_seg``, ``sem_seg``, ``instances``), see
+            :meth:`predict_arrays`.
     """
 
     def __init__(self, model: nn.Module, cfg: Any, *, meta: Any = None,
                  device: str | torch.device = "cpu", dtype: str = "fp32", compile: bool = False,
-                 batch_size: int = 1, channels_last: bool = True):
+                 batch_size: int = 1, channels_last: bool = True, output_format: str = "coco"):
+        if output_format not in OUTPUT_FORMATS:
+            raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
+        self.output_format = output_format
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         if batch_size < 1:
@@ -204,12 +212,14 @@ class Predictor:
 
     # ------------------------------------------------------------------ inference
     def forward_batch(self, images: Sequence[np.ndarray]) -> dict:
-        """Run the model on RGB uint8 arrays.
+        """Run the network on RGB uint8 arrays (pre-processing + forward, no post-processing).
 
         Returns:
-            The family's ``inference_keys`` outputs (``pred_logits``, ``pred_masks`` for kMaX)
-            in float32, plus ``valid_sizes`` (``(Hv, Wv)`` per image) and ``batch_size``
-            (``(H, W)`` of the model input).
+            The family's ``inference_keys`` outputs (``pred_logits [B, N, C+1]``,
+            ``pred_masks [B, N, h, w]`` for kMaX) in float32, plus ``valid_sizes``
+            (``(Hv, Wv)`` per image) and ``batch_size`` (``(H, W)`` of the model input): the
+            ``outputs`` that :meth:`postprocess` and the ``post_process_*`` methods take, so
+            thresholds can be changed without running the network again.
         """
         batch, valid = self.geometry.preprocess(images)
         batch = batch.to(self.device, memory_format=self.memory_format)
@@ -221,26 +231,58 @@ class Predictor:
         raw["batch_size"] = tuple(batch.shape[-2:])
         return raw
 
-    def predict_arrays(self, images: Sequence[np.ndarray], *, semantic: bool = False) -> list[dict]:
-        """Predict a batch of RGB ``[H, W, 3]`` uint8 arrays in one forward pass.
+    def postprocess(self, raw: dict, output_sizes: Sequence[Sequence[int]], *,
+                    semantic: bool = False, output_format: str | None = None,
+                    **overrides: Any) -> list[dict]:
+        """Merge the network outputs of :meth:`forward_batch` into predictions (the family's
+        post-processing; no forward pass).
+
+        Args:
+            raw: the dict :meth:`forward_batch` returned.
+            output_sizes: ``(H, W)`` of each original image.
+            semantic: also return the semantic map (``"coco"`` format).
+            output_format: ``"coco"`` or ``"detectron2"``; default the predictor's.
+            **overrides: ``postprocess`` config fields replacing the config's values for this
+                call (``thing_threshold``, ``overlap_threshold``, ``thing_area_limit`` ...).
 
         Returns:
-            One dict per image: ``panoptic`` ``[H, W]`` int32 numpy (0 = void),
-            ``segments_info`` (``id``, ``category_id``, ``isthing``, ``score``, ``area``),
-            with ``semantic=True`` ``semantic`` ``[H, W]`` int64 train ids, and ``instances``
-            when the family's post-processing returns them.
+            See :meth:`predict_arrays` (``"coco"`` results also carry ``instances`` when the
+            family's post-processing returns them).
+
+        Raises:
+            ValueError: an unknown ``output_format`` or override name.
         """
-        raw = self.forward_batch(images)
+        import copy
+        import dataclasses
+
+        fmt = output_format or self.output_format
+        if fmt not in OUTPUT_FORMATS:
+            raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {fmt!r}")
+        cfg = self.cfg
+        if overrides:
+            known = {f.name for f in dataclasses.fields(cfg.postprocess)}
+            unknown = sorted(set(overrides) - known)
+            if unknown:
+                raise ValueError(f"postprocess overrides {unknown} are not fields of the "
+                                 f"postprocess config ({sorted(known)})")
+            cfg = copy.copy(cfg)
+            cfg.postprocess = dataclasses.replace(self.cfg.postprocess, **overrides)
         keys = [k for k in self.family.inference_keys if k in raw]
         results = []
         with torch.inference_mode():
-            for i, img in enumerate(images):
+            for i, size in enumerate(output_sizes):
+                geometry = dict(canvas_size=raw["batch_size"], valid_size=raw["valid_sizes"][i],
+                                output_size=tuple(size))
                 out = self.family.postprocess(
-                    {k: raw[k][i] for k in keys}, cfg=self.cfg, is_thing=self.is_thing,
+                    {k: raw[k][i] for k in keys}, cfg=cfg, is_thing=self.is_thing,
                     train_id_to_category_id=list(self.meta.train_id_to_category_id),
-                    canvas_size=raw["batch_size"], valid_size=raw["valid_sizes"][i],
-                    output_size=img.shape[:2], semantic=semantic)
-                result = {"panoptic": out["panoptic"].cpu().numpy(), "segments_info": out["segments_info"]}
+                    semantic=semantic and fmt == "coco", **geometry)
+                if fmt == "detectron2":
+                    results.append(self._detectron2_result(raw, i, geometry, out["panoptic"],
+                                                           out["segments_info"]))
+                    continue
+                result = {"panoptic": out["panoptic"].cpu().numpy(),
+                          "segments_info": out["segments_info"]}
                 if semantic:
                     result["semantic"] = out["semantic"].cpu().numpy()
                 if out.get("instances") is not None:
@@ -248,8 +290,99 @@ class Predictor:
                 results.append(result)
         return results
 
+    def _detectron2_result(self, raw: dict, i: int, geometry: dict, pan: torch.Tensor,
+                           info: list[dict]) -> dict:
+        """detectron2 / Mask2Former's output dict for one image (train ids as category ids)."""
+        train_id = {int(c): t for t, c in enumerate(self.meta.train_id_to_category_id)}
+        segments = [{"id": s["id"], "isthing": s["isthing"], "category_id": train_id[s["category_id"]],
+                     "score": s["score"], "area": s["area"]} for s in info]
+        things = [s for s in segments if s["isthing"]]
+        masks = torch.stack([pan == s["id"] for s in things]) if things else \
+            torch.zeros((0, *pan.shape), dtype=torch.bool)
+        return {
+            "panoptic_seg": (pan, segments),
+            "sem_seg": semantic_probabilities(raw["pred_logits"][i], raw["pred_masks"][i],
+                                              class_activation=self.family.class_activation,
+                                              mask_activation=self.family.mask_activation,
+                                              **geometry),
+            "instances": {"image_size": tuple(pan.shape), "pred_masks": masks,
+                          "pred_classes": torch.tensor([s["category_id"] for s in things],
+                                                       dtype=torch.int64),
+                          "scores": torch.tensor([s["score"] for s in things],
+                                                 dtype=torch.float32)},
+        }
+
+    def predict_arrays(self, images: Sequence[np.ndarray], *, semantic: bool = False,
+                       output_format: str | None = None) -> list[dict]:
+        """Predict a batch of RGB ``[H, W, 3]`` uint8 arrays in one forward pass.
+
+        Returns:
+            ``"coco"`` format: one dict per image, ``panoptic`` ``[H, W]`` int32 numpy
+            (0 = void), ``segments_info`` (``id``, ``category_id``, ``isthing``, ``score``,
+            ``area``) and, with ``semantic=True``, ``semantic`` ``[H, W]`` int64 train ids.
+            ``"detectron2"`` format: ``panoptic_seg`` = ``(ids [H, W] int32 tensor,
+            segments_info)`` with the train id as ``category_id`` (detectron2's contiguous
+            id), ``sem_seg`` ``[C, H, W]`` float32 class probabilities, ``instances`` a dict of
+            ``pred_masks [K, H, W]`` bool, ``pred_classes [K]`` int64, ``scores [K]``,
+            ``image_size`` (the thing segments; detectron2 is not imported).
+        """
+        raw = self.forward_batch(images)
+        return self.postprocess(raw, [img.shape[:2] for img in images], semantic=semantic,
+                                output_format=output_format)
+
+    # ------------------------------------------------------------ Hugging Face style API
+    def _hf_defaults(self) -> dict:
+        pp = self.cfg.postprocess
+        fields = ("thing_threshold", "stuff_threshold", "variant", "class_weight", "mask_weight",
+                  "thing_area_limit", "stuff_area_limit")  # those the family's section has
+        return dict(is_thing=self.is_thing, class_activation=self.family.class_activation,
+                    mask_activation=self.family.mask_activation,
+                    **{k: getattr(pp, k) for k in fields if hasattr(pp, k)})
+
+    def post_process_panoptic_segmentation(self, outputs: dict, threshold: float | None = None,
+                                           mask_threshold: float | None = None,
+                                           overlap_mask_area_threshold: float | None = None,
+                                           label_ids_to_fuse: Sequence[int] | None = None,
+                                           target_sizes: Any = None) -> list[dict]:
+        """:func:`kmax_deeplab.modeling.hf_postprocess.post_process_panoptic_segmentation`
+        with the config's thresholds as defaults (``None`` = the config value)."""
+        from kmax_deeplab.modeling.hf_postprocess import post_process_panoptic_segmentation
+
+        pp = self.cfg.postprocess
+        return post_process_panoptic_segmentation(
+            outputs, threshold,
+            pp.pixel_confidence_threshold if mask_threshold is None else mask_threshold,
+            pp.overlap_threshold if overlap_mask_area_threshold is None
+            else overlap_mask_area_threshold, label_ids_to_fuse, target_sizes,
+            **self._hf_defaults())
+
+    def post_process_semantic_segmentation(self, outputs: dict, target_sizes: Any = None):
+        """:func:`kmax_deeplab.modeling.hf_postprocess.post_process_semantic_segmentation`."""
+        from kmax_deeplab.modeling.hf_postprocess import post_process_semantic_segmentation
+
+        return post_process_semantic_segmentation(
+            outputs, target_sizes, class_activation=self.family.class_activation,
+            mask_activation=self.family.mask_activation)
+
+    def post_process_instance_segmentation(self, outputs: dict, threshold: float | None = None,
+                                           mask_threshold: float | None = None,
+                                           overlap_mask_area_threshold: float | None = None,
+                                           target_sizes: Any = None,
+                                           return_binary_maps: bool = False) -> list[dict]:
+        """:func:`kmax_deeplab.modeling.hf_postprocess.post_process_instance_segmentation`
+        with the config's thresholds as defaults."""
+        from kmax_deeplab.modeling.hf_postprocess import post_process_instance_segmentation
+
+        pp = self.cfg.postprocess
+        return post_process_instance_segmentation(
+            outputs, threshold,
+            pp.pixel_confidence_threshold if mask_threshold is None else mask_threshold,
+            pp.overlap_threshold if overlap_mask_area_threshold is None
+            else overlap_mask_area_threshold, target_sizes, return_binary_maps,
+            **self._hf_defaults())
+
     def __call__(self, images: ImageInput | Iterable[ImageInput], *, semantic: bool = False,
-                 batch_size: int | None = None):
+                 batch_size: int | None = None, output_format: str | None = None):
         """Predict one image or a list of images (paths, PIL images or uint8 arrays).
 
         Returns:
@@ -264,5 +397,5 @@ class Predictor:
         results: list[dict] = []
         for start in range(0, len(items), bs):
             arrays = [load_image(x) for x in items[start:start + bs]]
-            results += self.predict_arrays(arrays, semantic=semantic)
+            results += self.predict_arrays(arrays, semantic=semantic, output_format=output_format)
         return results[0] if single else results

@@ -176,12 +176,18 @@ def _mask_scores(mask_prob: Tensor, binary: Tensor) -> Tensor:
 
 def _merge(order: Tensor, cls_scores: Tensor, cls_labels: Tensor, binary: Tensor,
            thing_flags: Tensor, *, thing_threshold: float, stuff_threshold: float,
-           overlap_threshold: float, inclusive: bool) -> tuple[Tensor, list[dict[str, Any]]]:
+           overlap_threshold: float, inclusive: bool,
+           fuse_flags: Tensor | None = None) -> tuple[Tensor, list[dict[str, Any]]]:
     """Paint queries in ``order`` onto an empty id map (spec §3 step 5).
+
+    ``fuse_flags[train_id]`` (default: not a thing) marks the classes whose queries are
+    fused into one segment per class.
 
     Returns ``(ids [H, W] int32, segments)``; each segment carries its train id, thing flag,
     the class score and the rank (0-based position in ``order``) of the query that opened it.
     """
+    if fuse_flags is None:
+        fuse_flags = ~thing_flags
     ids = torch.zeros(binary.shape[-2:], dtype=torch.int32, device=binary.device)
     segments: list[dict[str, Any]] = []
     stuff_segment: dict[int, int] = {}
@@ -198,11 +204,12 @@ def _merge(order: Tensor, cls_scores: Tensor, cls_labels: Tensor, binary: Tensor
         new = int(new_mask.sum())
         if not new > original * overlap_threshold:
             continue
-        if not thing and label in stuff_segment:
+        fuse = bool(fuse_flags[label])
+        if fuse and label in stuff_segment:
             ids[new_mask] = stuff_segment[label]
             continue
         seg_id = len(segments) + 1
-        if not thing:
+        if fuse:
             stuff_segment[label] = seg_id
         ids[new_mask] = seg_id
         segments.append({"id": seg_id, "train_id": label, "isthing": thing, "score": score,
@@ -257,6 +264,7 @@ def panoptic_inference(
     ignore_label: int = 0,
     class_activation: str = "softmax_void",
     mask_activation: str = "softmax",
+    label_ids_to_fuse: Sequence[int] | None = None,
 ) -> PanopticResult:
     """Mask-wise panoptic merging of one image's prediction (spec §3).
 
@@ -286,6 +294,9 @@ def panoptic_inference(
         class_activation: ``"softmax_void"`` (``pred_logits`` ``[N, C+1]``) or ``"sigmoid"``
             (``[N, C]``), the family's (:data:`CLASS_ACTIVATIONS`).
         mask_activation: ``"softmax"`` over queries or ``"sigmoid"`` per mask.
+        label_ids_to_fuse: train ids whose queries merge into one segment per class
+            (Hugging Face's meaning); default ``None`` = every stuff class (``is_thing``
+            False), the reference behaviour. Thresholds still follow ``is_thing``.
 
     Returns:
         A :class:`PanopticResult`: ``panoptic`` ``[Ho, Wo]`` int32 segment ids (0 = void);
@@ -315,8 +326,15 @@ def panoptic_inference(
     if mask_activation not in MASK_ACTIVATIONS:
         raise ValueError(f"mask_activation must be one of {MASK_ACTIVATIONS}, got {mask_activation!r}")
     thing_flags = torch.tensor([bool(t) for t in is_thing])
+    fuse_flags = None
+    if label_ids_to_fuse is not None:
+        fuse_flags = torch.zeros(num_classes, dtype=torch.bool)
+        for label in label_ids_to_fuse:
+            if not 0 <= int(label) < num_classes:
+                raise ValueError(f"label_ids_to_fuse: {label} is not a train id in 0..{num_classes - 1}")
+            fuse_flags[int(label)] = True
     kwargs = dict(thing_threshold=thing_threshold, stuff_threshold=stuff_threshold,
-                  overlap_threshold=overlap_threshold)
+                  overlap_threshold=overlap_threshold, fuse_flags=fuse_flags)
 
     if variant == "bytedance":
         logits = resize_mask_logits(pred_masks, canvas_size=canvas, valid_size=valid,

@@ -28,7 +28,9 @@ class KMaXModelConfig(ModelConfig):
         pixel_feature_dim: width of the L2-normalised pixel feature (128).
         drop_path: decoder drop-path rate (k-means, attention, FFN branches).
         aux_semantic: ``"decoder"`` (COCO/ADE20K), ``"head"`` (Cityscapes) or ``"none"``.
-        reference: ``"bytedance"`` (default) or ``"deeplab2"`` behaviour switches.
+        reference: ``"bytedance"`` (default) or ``"deeplab2"``: which reference's network
+            (and, with ``postprocess.variant="auto"``, post-processing) to build where the two
+            differ (``modeling/kmax/model.py`` ``reference_behaviour``; ``docs/parity.md``).
     """
 
     decoder_filters: tuple[int, ...] = (512, 256, 128, 64)
@@ -51,7 +53,9 @@ class KMaXModelConfig(ModelConfig):
 class KMaXPostProcessConfig:
     """Mask-wise merging thresholds (spec §3)."""
 
-    variant: str = "bytedance"  # or "deeplab2": >=, area limits, crop-resolution scoring
+    # "auto": the variant of model.reference (bytedance, or deeplab2: >=, area limits,
+    # crop-resolution merging); "bytedance" / "deeplab2" force one.
+    variant: str = "auto"
     thing_threshold: float = 0.7
     stuff_threshold: float = 0.5
     overlap_threshold: float = 0.8

@@ -32,6 +32,19 @@ def build_criterion(cfg: Any):
     return build(cfg.loss, cfg.model.num_classes)
 
 
+def postprocess_variant(cfg: Any) -> str:
+    """``cfg.postprocess.variant``, with ``"auto"`` resolved from ``cfg.model.reference``.
+
+    ``model.reference`` selects the merging as well as the network (``docs/parity.md``,
+    "Behaviour switches"): bytedance -> ``"bytedance"``, deeplab2 -> ``"deeplab2"`` (``>=``
+    thresholds, area limits, merging at crop resolution).
+    """
+    variant = cfg.postprocess.variant
+    if variant != "auto":
+        return variant
+    return "deeplab2" if getattr(cfg.model, "reference", "bytedance") == "deeplab2" else "bytedance"
+
+
 def postprocess(output: Mapping[str, Any], *, cfg: Any, is_thing: Sequence[bool],
                 train_id_to_category_id: Sequence[int], canvas_size: Sequence[int],
                 valid_size: Sequence[int], output_size: Sequence[int], semantic: bool = False) -> dict:
@@ -39,7 +52,8 @@ def postprocess(output: Mapping[str, Any], *, cfg: Any, is_thing: Sequence[bool]
 
     Args:
         output: ``pred_logits`` ``[N, C+1]`` and ``pred_masks`` ``[N, h, w]`` of one image.
-        cfg: the run config (``cfg.postprocess`` thresholds).
+        cfg: the run config (``cfg.postprocess`` thresholds; the variant per
+            :func:`postprocess_variant`).
         semantic: also return ``semantic`` (argmax of the class x mask probabilities).
 
     Returns:
@@ -51,7 +65,7 @@ def postprocess(output: Mapping[str, Any], *, cfg: Any, is_thing: Sequence[bool]
     geometry = dict(canvas_size=canvas_size, valid_size=valid_size, output_size=output_size)
     result = panoptic_inference(
         output["pred_logits"], output["pred_masks"], is_thing=is_thing,
-        train_id_to_category_id=list(train_id_to_category_id), variant=pp.variant,
+        train_id_to_category_id=list(train_id_to_category_id), variant=postprocess_variant(cfg),
         thing_threshold=pp.thing_threshold, stuff_threshold=pp.stuff_threshold,
         overlap_threshold=pp.overlap_threshold,
         pixel_confidence_threshold=pp.pixel_confidence_threshold, class_weight=pp.class_weight,

@@ -7,12 +7,13 @@ State-dict layout (spec §5.1) mirrors the bytedance detectron2 checkpoint with 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from kmax_deeplab.modeling.kmax.pixel_decoder import KMaXPixelDecoder
+from kmax_deeplab.modeling.kmax.pixel_decoder import KMaXPixelDecoder, deeplab2_decoder_atrous_rate
 from kmax_deeplab.modeling.kmax.semantic_head import AuxSemanticDecoder, AuxSemanticHead
 from kmax_deeplab.modeling.kmax.transformer_decoder import KMaXTransformerDecoder
 from kmax_deeplab.modeling.layers.sync_bn import convert_sync_batchnorm  # noqa: F401  (re-export)
@@ -22,6 +23,55 @@ REFERENCES = ("bytedance", "deeplab2")
 AUX_SEMANTIC = ("decoder", "head", "none")
 # The optional fifth decoder stage on the stem skip (Cityscapes, spec §1.2 table).
 STEM_STAGE = (32, 1, "bottleneck")
+
+
+@dataclass(frozen=True)
+class ReferenceBehaviour:
+    """What ``model.reference`` selects where bytedance and deeplab2 build different networks.
+
+    One row per switch of ``docs/parity.md`` ("Behaviour switches"); :func:`reference_behaviour`
+    fills it. Differences that live in the checkpoint layout (deeplab2's class-head order
+    [things, stuff, void] and its aux semantic void channel 0) are undone by the converter
+    (:mod:`kmax_deeplab.checkpoints.deeplab2_tf`), so the model's class order is the same
+    (dataset order, void last) under both references.
+
+    Attributes:
+        align_corners: resize rule of the decoder fuses and the aux semantic upsamplings
+            (``"bytedance"``: on iff the source width is odd; ``"always"``: deeplab2).
+        bottleneck_dilation: atrous rate of the 3×3 conv of every pixel-decoder bottleneck
+            block (1 bytedance; 2 deeplab2, :func:`deeplab2_decoder_atrous_rate`).
+        low_level_activation: applied to res3/res2 before the aux semantic decoder
+            (``"none"`` bytedance; deeplab2: the backbone's own, ReLU for ResNets, GELU for
+            ConvNeXt).
+        postprocess_variant: the default panoptic merging (``"bytedance"`` or
+            ``"deeplab2"``: ``>=`` thresholds, area limits, crop-resolution merging).
+    """
+
+    align_corners: str
+    bottleneck_dilation: int
+    low_level_activation: str
+    postprocess_variant: str
+
+
+def reference_behaviour(reference: str, backbone: str) -> ReferenceBehaviour:
+    """The :class:`ReferenceBehaviour` of ``reference`` for a model with ``backbone``.
+
+    Raises:
+        ValueError: unknown ``reference``, or (deeplab2) a backbone whose activation is unknown.
+    """
+    if reference == "bytedance":
+        return ReferenceBehaviour("bytedance", 1, "none", "bytedance")
+    if reference != "deeplab2":
+        raise ValueError(f"model config: reference must be one of {REFERENCES}, got {reference!r}")
+    name = str(backbone)
+    if name.startswith("convnext"):
+        act = "gelu"  # deeplab2 model/pixel_encoder/convnext.py: res{i} = GELU(stage{i})
+    elif name.startswith("resnet"):
+        act = "relu"  # deeplab2 model/pixel_encoder/axial_resnet.py: activation="relu"
+    else:
+        raise ValueError(f"model config: reference 'deeplab2' needs the activation of backbone {name!r} "
+                         "(known: resnet*, convnext*)")
+    return ReferenceBehaviour("always", deeplab2_decoder_atrous_rate(), act, "deeplab2")
 
 
 class KMaXDeepLab(nn.Module):
@@ -145,12 +195,14 @@ def build_kmax(cfg: Any, *, backbone: Optional[nn.Module] = None) -> KMaXDeepLab
     ``ffn_dim``, ``num_heads``, ``pixel_feature_dim``, ``drop_path``, ``aux_semantic``,
     ``reference`` and ``norm``.
 
-    ``reference="deeplab2"`` changes (documented TF differences, spec §1.1): the aux
-    semantic decoder receives GELU-activated res3/res2 when the backbone is ConvNeXt, and
-    every bilinear resize aligns corners (bytedance does so only when the source width is
-    odd, which differs at the stride-32 map when ``image_size`` is 32k+1 with k odd).
-    The TF R50 network itself is the ``resnet50_deeplab2`` backbone. Everything else
-    (bytedance == TF) is shared.
+    ``reference`` selects the network where bytedance and deeplab2 differ
+    (:func:`reference_behaviour`; ``docs/parity.md``): with ``"deeplab2"`` the 3×3 convs
+    of the pixel decoder's bottleneck blocks are atrous with rate 2, the aux semantic
+    decoder receives res3/res2 activated by the backbone's activation (ReLU for ResNets,
+    GELU for ConvNeXt), and every bilinear resize aligns corners (bytedance does so only
+    when the source width is odd, which differs at the stride-32 map when ``image_size`` is
+    32k+1 with k odd). The TF R50 network itself is the ``resnet50_deeplab2`` backbone.
+    Everything else (bytedance == TF) is shared.
 
     The aux semantic decoder's width is ``hidden_dim`` (256 in every real preset).
 
@@ -163,8 +215,7 @@ def build_kmax(cfg: Any, *, backbone: Optional[nn.Module] = None) -> KMaXDeepLab
         ValueError: inconsistent sizes, an image side not of the form 32k+1, unknown
             ``aux_semantic``/``reference``.
     """
-    if cfg.reference not in REFERENCES:
-        raise ValueError(f"model config: reference must be one of {REFERENCES}, got {cfg.reference!r}")
+    behaviour = reference_behaviour(cfg.reference, cfg.backbone)
     if cfg.aux_semantic not in AUX_SEMANTIC:
         raise ValueError(f"model config: aux_semantic must be one of {AUX_SEMANTIC}, got {cfg.aux_semantic!r}")
     image_size = tuple(int(s) for s in cfg.image_size)
@@ -180,11 +231,12 @@ def build_kmax(cfg: Any, *, backbone: Optional[nn.Module] = None) -> KMaXDeepLab
     if missing:
         raise ValueError(f"backbone {cfg.backbone!r} does not provide features {missing}")
     filters, blocks, types = _stage_settings(cfg)
-    align_corners = "always" if cfg.reference == "deeplab2" else "bytedance"
+    align_corners = behaviour.align_corners
     pixel_decoder = KMaXPixelDecoder(
         names, [specs[n].channels for n in names], [specs[n].stride for n in names],
         image_size=image_size, filters=filters, num_blocks=blocks, block_types=types,
-        num_heads=8, drop_path=0.0, norm=cfg.norm, align_corners=align_corners)
+        num_heads=8, drop_path=0.0, norm=cfg.norm, align_corners=align_corners,
+        bottleneck_dilation=behaviour.bottleneck_dilation)
 
     num_classes = int(cfg.num_classes)
     semantic_head: Optional[nn.Module] = None
@@ -192,7 +244,7 @@ def build_kmax(cfg: Any, *, backbone: Optional[nn.Module] = None) -> KMaXDeepLab
         semantic_head = AuxSemanticDecoder(
             specs["res5"].channels, specs["res3"].channels, specs["res2"].channels, num_classes + 1,
             channels=cfg.hidden_dim,
-            activate_low_level=cfg.reference == "deeplab2" and str(cfg.backbone).startswith("convnext"),
+            low_level_activation=behaviour.low_level_activation,
             norm=cfg.norm, align_corners=align_corners)
     elif cfg.aux_semantic == "head":
         semantic_head = AuxSemanticHead(specs["res5"].channels, num_classes, channels=cfg.hidden_dim,
@@ -206,4 +258,5 @@ def build_kmax(cfg: Any, *, backbone: Optional[nn.Module] = None) -> KMaXDeepLab
     return KMaXDeepLab(backbone, pixel_decoder, predictor, image_size=image_size)
 
 
-__all__ = ["KMaXDeepLab", "build_kmax", "convert_sync_batchnorm", "decoder_inputs"]
+__all__ = ["KMaXDeepLab", "ReferenceBehaviour", "build_kmax", "convert_sync_batchnorm", "decoder_inputs",
+           "reference_behaviour"]

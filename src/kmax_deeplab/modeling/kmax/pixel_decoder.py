@@ -44,6 +44,23 @@ def resize_align_corners(source_width: int, rule: str = "bytedance") -> bool:
     raise ValueError(f"align_corners rule must be one of {ALIGN_CORNERS_RULES}, got {rule!r}")
 
 
+def deeplab2_decoder_atrous_rate(original_resnet_input_stride: int = 32, output_stride: int = 16) -> int:
+    """Atrous rate of the 3×3 convs in deeplab2's kMaX pixel-decoder blocks.
+
+    deeplab2 (``model/pixel_decoder/kmax.py``) builds every decoder stage, the Cityscapes
+    stride-2 stage included, as ``axial_block_groups.BlockGroup`` with
+    ``original_resnet_input_stride=32``, ``original_resnet_stride=1`` and the default
+    ``output_stride=16``; ``BlockGroup`` gives each block the rate
+    ``original_resnet_input_stride // output_stride`` when the former is larger
+    (``model/layers/axial_block_groups.py``), and ``AxialBlock`` applies it to the 3×3 conv
+    of a bottleneck block (``axial_blocks.py``; an axial block has no 3×3 conv). So the rate
+    is 2 at every stage, whatever the feature's real stride. bytedance's port uses rate 1.
+    """
+    if original_resnet_input_stride > output_stride:
+        return original_resnet_input_stride // output_stride
+    return 1
+
+
 class DecoderBlock(nn.Module):
     """Pre-activation residual block, axial or bottleneck (spec §1.2 "Block").
 
@@ -61,9 +78,12 @@ class DecoderBlock(nn.Module):
         num_heads: axial heads.
         drop_path: stochastic-depth rate of the residual branch.
         norm: batch-norm kind.
+        dilation: atrous rate of the bottleneck's 3×3 conv (padding = rate, stride 1):
+            1 in bytedance, 2 in deeplab2 (see :func:`deeplab2_decoder_atrous_rate`).
+            Axial blocks have no 3×3 conv and ignore it.
 
     Raises:
-        ValueError: unknown ``block_type``.
+        ValueError: unknown ``block_type``, ``dilation < 1``.
     """
 
     def __init__(
@@ -76,8 +96,11 @@ class DecoderBlock(nn.Module):
         num_heads: int = 8,
         drop_path: float = 0.0,
         norm: str = "BN",
+        dilation: int = 1,
     ) -> None:
         super().__init__()
+        if int(dilation) < 1:
+            raise ValueError(f"decoder block dilation must be >= 1, got {dilation}")
         self.block_type = block_type
         f1, f2, f3 = filters
         self._conv1_bn_act = ConvNormAct(in_channels, f1, 1, norm=norm, act="gelu")
@@ -85,7 +108,7 @@ class DecoderBlock(nn.Module):
             self._attention = AxialAttention2d(f1, shape, f2, num_heads=num_heads, norm=norm)
             mid = self._attention.value_depth
         elif block_type == "bottleneck":
-            self._conv2_bn_act = ConvNormAct(f1, f2, 3, norm=norm, act="gelu")
+            self._conv2_bn_act = ConvNormAct(f1, f2, 3, dilation=int(dilation), norm=norm, act="gelu")
             mid = f2
         else:
             raise ValueError(f"unknown decoder block type {block_type!r}; expected 'axial' or 'bottleneck'")
@@ -114,7 +137,7 @@ class BlockGroup(nn.Module):
         num_blocks: blocks in the stage.
         block_type: ``"axial"`` or ``"bottleneck"``.
         shape: (h, w) of the stage's feature map.
-        num_heads / drop_path / norm: passed to every block.
+        num_heads / drop_path / norm / dilation: passed to every block.
     """
 
     def __init__(
@@ -128,6 +151,7 @@ class BlockGroup(nn.Module):
         num_heads: int = 8,
         drop_path: float = 0.0,
         norm: str = "BN",
+        dilation: int = 1,
     ) -> None:
         super().__init__()
         if block_type == "axial":
@@ -138,7 +162,8 @@ class BlockGroup(nn.Module):
         self._blocks = nn.ModuleList()
         for _ in range(num_blocks):
             self._blocks.append(DecoderBlock(in_channels, filters, block_type, shape=shape,
-                                             num_heads=num_heads, drop_path=drop_path, norm=norm))
+                                             num_heads=num_heads, drop_path=drop_path, norm=norm,
+                                             dilation=dilation))
             in_channels = filters[2]
 
     def forward(self, x: Tensor) -> Tensor:
@@ -216,6 +241,8 @@ class KMaXPixelDecoder(nn.Module):
         drop_path: residual drop-path rate (0 in kMaX).
         norm: batch-norm kind.
         align_corners: resize rule of the fuses, ``"bytedance"`` or ``"always"`` (deeplab2).
+        bottleneck_dilation: atrous rate of every bottleneck block's 3×3 conv, all stages
+            (the Cityscapes stem stage included): 1 in bytedance, 2 in deeplab2.
 
     Raises:
         ValueError: the per-stage sequences have different lengths, fewer than 4 stages,
@@ -236,6 +263,7 @@ class KMaXPixelDecoder(nn.Module):
         drop_path: float = 0.0,
         norm: str = "BN",
         align_corners: str = "bytedance",
+        bottleneck_dilation: int = 1,
     ) -> None:
         super().__init__()
         lengths = {len(in_features), len(in_channels), len(in_strides), len(filters),
@@ -259,7 +287,8 @@ class KMaXPixelDecoder(nn.Module):
             shape = ((image_size[0] - 1) // stride + 1, (image_size[1] - 1) // stride + 1)
             stage_in = in_channels[0] if i == 0 else filters[i]
             stage = BlockGroup(stage_in, filters[i], num_blocks[i], block_types[i], shape=shape,
-                               num_heads=num_heads, drop_path=drop_path, norm=norm)
+                               num_heads=num_heads, drop_path=drop_path, norm=norm,
+                               dilation=bottleneck_dilation)
             self._stages.append(stage)
             if i > 0:
                 self._resized_fuses.append(
@@ -294,4 +323,5 @@ class KMaXPixelDecoder(nn.Module):
         return PixelDecoderOutput(outs[:3], outs[-1], raw)
 
 
-__all__ = ["ALIGN_CORNERS_RULES", "BlockGroup", "DecoderBlock", "KMaXPixelDecoder", "PixelDecoderOutput", "ResizedFuse", "resize_align_corners"]
+__all__ = ["ALIGN_CORNERS_RULES", "BlockGroup", "DecoderBlock", "KMaXPixelDecoder", "PixelDecoderOutput", "ResizedFuse",
+           "deeplab2_decoder_atrous_rate", "resize_align_corners"]

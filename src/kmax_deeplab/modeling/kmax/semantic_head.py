@@ -18,6 +18,10 @@ from kmax_deeplab.modeling.kmax.pixel_decoder import resize_align_corners
 from kmax_deeplab.modeling.layers.conv_norm import ConvNormAct
 
 
+#: ``low_level_activation`` name -> function (None: the raw features, bytedance).
+LOW_LEVEL_ACTIVATIONS = {"none": None, "relu": F.relu, "gelu": F.gelu}
+
+
 class ASPP(nn.Module):
     """Atrous spatial pyramid pooling (DeepLabv3): ``[B, D_in, h, w] -> [B, channels, h, w]``.
 
@@ -31,7 +35,6 @@ class ASPP(nn.Module):
         rates: dilation rates of the 3×3 branches (6, 12, 18).
         dropout: dropout after the projection (0.1).
         norm: batch-norm kind.
-        act: activation of every conv-BN (``"gelu"`` kMaX, ``"relu"`` MaX-DeepLab).
 
     Note: the pooling branch's BN sees one value per channel and image, so training
     needs more than one image per BN (batch >= 2 per device, or SyncBN across devices).
@@ -76,12 +79,19 @@ class AuxSemanticDecoder(nn.Module):
         num_outputs: C+1 (void included).
         channels: ASPP / decoder width (256).
         low_level_channels: projections of res3 and res2 (64, 32).
-        activate_low_level: apply GELU to res3/res2 before projecting them (deeplab2
-            ConvNeXt behaviour; bytedance passes the raw features).
+        low_level_activation: ``"none"`` (bytedance: the raw res3/res2), ``"relu"`` or
+            ``"gelu"``: applied to res3/res2 before their projections. deeplab2 feeds its
+            backbone's activated ``res3``/``res2`` endpoints (``model/decoder/max_deeplab.py``
+            reads them by name; ``pixel_encoder/axial_resnet.py``: ReLU, ``convnext.py``:
+            GELU), while res5 enters the ASPP raw (``feature_semantic`` = ``stage5``).
         norm: batch-norm kind.
         align_corners: ``"bytedance"`` (on iff the stride-32 width is odd) or ``"always"`` (deeplab2).
-        act: activation of every conv-BN (``"gelu"`` kMaX, ``"relu"`` MaX-DeepLab); also the
-            one ``activate_low_level`` applies.
+
+    Raises:
+        ValueError: unknown ``low_level_activation`` or ``align_corners`` rule.
+
+    ``act`` (keyword): activation of every conv-BN, ``"gelu"`` (kMaX) or ``"relu"``
+    (MaX-DeepLab, which shares this decoder: deeplab2 ``decoder/max_deeplab.py``).
     """
 
     def __init__(
@@ -93,17 +103,19 @@ class AuxSemanticDecoder(nn.Module):
         *,
         channels: int = 256,
         low_level_channels: Sequence[int] = (64, 32),
-        activate_low_level: bool = False,
+        low_level_activation: str = "none",
+        act: str = "gelu",
         norm: str = "BN",
         align_corners: str = "bytedance",
-        act: str = "gelu",
     ) -> None:
         super().__init__()
         resize_align_corners(1, align_corners)  # validate the rule
         self.align_corners = align_corners
         os8, os4 = low_level_channels
-        self.activate_low_level = activate_low_level
-        self.act = act
+        if low_level_activation not in LOW_LEVEL_ACTIVATIONS:
+            raise ValueError(f"low_level_activation must be one of {tuple(LOW_LEVEL_ACTIVATIONS)}, "
+                             f"got {low_level_activation!r}")
+        self.low_level_activation = low_level_activation
         self._aspp = ASPP(res5_channels, channels, (6, 12, 18), norm=norm, act=act)
         self._low_level_projection_os8 = ConvNormAct(res3_channels, os8, 1, norm=norm, act=act)
         self._low_level_fusion_os8_conv0_bn_act = ConvNormAct(
@@ -119,9 +131,9 @@ class AuxSemanticDecoder(nn.Module):
 
     def forward(self, res5: Tensor, res3: Tensor, res2: Tensor) -> Tensor:
         """``res5 [B, D5, h/8, w/8]``, ``res3 [B, D3, h/2, w/2]``, ``res2 [B, D2, h, w]`` -> ``[B, C+1, h, w]``."""
-        if self.activate_low_level:
-            f = F.gelu if self.act == "gelu" else F.relu
-            res3, res2 = f(res3), f(res2)
+        act = LOW_LEVEL_ACTIVATIONS[self.low_level_activation]
+        if act is not None:
+            res3, res2 = act(res3), act(res2)
         x = self._aspp(res5)
         # BD decides once, from the stride-32 width, for both upsamplings.
         ac = resize_align_corners(x.shape[-1], self.align_corners)
@@ -148,7 +160,6 @@ class AuxSemanticHead(nn.Sequential):
         num_outputs: C.
         channels: hidden width (256).
         norm: batch-norm kind.
-        act: activation (``"gelu"`` kMaX, ``"relu"`` MaX-DeepLab's head on a stride-4 feature).
     """
 
     def __init__(self, res5_channels: int, num_outputs: int, *, channels: int = 256, norm: str = "BN",
@@ -165,4 +176,4 @@ class AuxSemanticHead(nn.Sequential):
         return res5
 
 
-__all__ = ["ASPP", "AuxSemanticDecoder", "AuxSemanticHead"]
+__all__ = ["ASPP", "AuxSemanticDecoder", "AuxSemanticHead", "LOW_LEVEL_ACTIVATIONS"]

@@ -156,7 +156,7 @@ def build_max_deeplab(cfg: Any) -> MaXDeepLab:
         else:
             semantic_head = AuxSemanticDecoder(
                 encoder.semantic_channels, encoder.endpoint_channels["stage3"], encoder.endpoint_channels["stage2"],
-                num_classes + 1, channels=head_dim, low_level_channels=(64, 32), activate_low_level=False, norm=norm,
+                num_classes + 1, channels=head_dim, low_level_channels=(64, 32), low_level_activation="none", norm=norm,
                 align_corners="always", act="relu")
     elif aux != "none":
         raise ValueError(f"model config: aux_semantic must be 'decoder' or 'none' for MaX-DeepLab, got {aux!r}")
