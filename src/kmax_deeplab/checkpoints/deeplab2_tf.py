@@ -209,6 +209,33 @@ def _predictor_rows(tf: str, ours: str, u: str, class_rows) -> list[Row]:
     ]
 
 
+def semantic_decoder_rows(sem: str, sem_last) -> list[Row]:
+    """Rows of deeplab2's Panoptic-DeepLab semantic decoder + head (kMaX and MaX-S share it).
+
+    Args:
+        sem: our module prefix of an :class:`~kmax_deeplab.modeling.kmax.semantic_head.AuxSemanticDecoder`.
+        sem_last: transform of the last layer's kernel and bias (class-channel order).
+    """
+    os_of = {"1": "8", "2": "4"}
+    rows = [
+        *_conv_bn(r"semantic_decoder/_aspp/_conv_bn_act", sem + "_aspp._aspp_conv0"),
+        *_conv_bn(r"semantic_decoder/_aspp/_aspp_conv(?P<k>[1-9])/_conv_bn_act", sem + "_aspp._aspp_conv{k}"),
+        *_conv_bn(r"semantic_decoder/_aspp/_aspp_pool/_conv_bn_act", sem + "_aspp._aspp_pool"),
+        *_conv_bn(r"semantic_decoder/_aspp/_proj_conv_bn_act", sem + "_aspp._proj_conv_bn_act"),
+    ]
+    for k, os_ in os_of.items():
+        rows += _conv_bn(rf"semantic_decoder/_low_level_conv{k}", sem + f"_low_level_projection_os{os_}")
+        rows += _sep_conv(rf"semantic_decoder/_fusion_conv{k}/_conv1_bn_act",
+                          sem + f"_low_level_fusion_os{os_}_conv0_bn_act",
+                          sem + f"_low_level_fusion_os{os_}_conv1_bn_act")
+    rows += [
+        *_sep_conv(r"semantic_head_without_last_layer/_conv1_bn_act", sem + "conv_block_0", sem + "conv_block_1"),
+        Row(r"semantic_last_layer/kernel", sem + "final_conv.conv.weight", sem_last),
+        Row(r"semantic_last_layer/bias", sem + "final_conv.conv.bias", sem_last),
+    ]
+    return rows
+
+
 def deeplab2_rows(dataset: str = "coco", num_classes: int = 133, *,
                   semantic_void_last: bool = True) -> list[Row]:
     """The whole TF -> ours table (spec §5.2) for R50 and ConvNeXt backbones.
@@ -288,24 +315,7 @@ def deeplab2_rows(dataset: str = "coco", num_classes: int = 133, *,
         *_predictor_rows("", "predictor._predictor.", "", class_rows),
     ]
     # --- auxiliary semantic predictor (COCO/ADE20K decoder, spec §1.5)
-    sem = "predictor._auxiliary_semantic_predictor."
-    os_of = {"1": "8", "2": "4"}
-    rows += [
-        *_conv_bn(r"semantic_decoder/_aspp/_conv_bn_act", sem + "_aspp._aspp_conv0"),
-        *_conv_bn(r"semantic_decoder/_aspp/_aspp_conv(?P<k>[1-9])/_conv_bn_act", sem + "_aspp._aspp_conv{k}"),
-        *_conv_bn(r"semantic_decoder/_aspp/_aspp_pool/_conv_bn_act", sem + "_aspp._aspp_pool"),
-        *_conv_bn(r"semantic_decoder/_aspp/_proj_conv_bn_act", sem + "_aspp._proj_conv_bn_act"),
-    ]
-    for k, os_ in os_of.items():
-        rows += _conv_bn(rf"semantic_decoder/_low_level_conv{k}", sem + f"_low_level_projection_os{os_}")
-        rows += _sep_conv(rf"semantic_decoder/_fusion_conv{k}/_conv1_bn_act",
-                          sem + f"_low_level_fusion_os{os_}_conv0_bn_act",
-                          sem + f"_low_level_fusion_os{os_}_conv1_bn_act")
-    rows += [
-        *_sep_conv(r"semantic_head_without_last_layer/_conv1_bn_act", sem + "conv_block_0", sem + "conv_block_1"),
-        Row(r"semantic_last_layer/kernel", sem + "final_conv.conv.weight", sem_last),
-        Row(r"semantic_last_layer/bias", sem + "final_conv.conv.bias", sem_last),
-    ]
+    rows += semantic_decoder_rows("predictor._auxiliary_semantic_predictor.", sem_last)
     return rows
 
 
@@ -355,6 +365,9 @@ def convert_deeplab2(variables: Mapping[str, np.ndarray], target: torch.nn.Modul
         CheckpointMismatchError: wrong backbone family, leftovers or shape mismatches.
     """
     stripped = {(k[:-len(_SUFFIX)] if k.endswith(_SUFFIX) else k): v for k, v in variables.items()}
+    if "encoder/memory_feature" in stripped:  # MaX-DeepLab's memory: another model family
+        raise CheckpointMismatchError(f"{source} holds a MaX-DeepLab checkpoint but the model is kMaX-DeepLab "
+                                      f"(use a coco/max_deeplab_* config)")
     found = detect_backbone(list(stripped))
     if backbone is not None and found is not None:
         want = "resnet50" if backbone.startswith("resnet50") else "convnext" if "convnext" in backbone else backbone

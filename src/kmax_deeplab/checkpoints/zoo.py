@@ -12,8 +12,8 @@ only by its successful, strict conversion (every tensor consumed, every model en
 produced, every shape equal). Google-Drive files (bytedance, COCONut) may refuse scripted
 downloads; then download them in a browser and use ``kmax convert``.
 
-Axial-ResNet-50 (MaX-S) checkpoints are not listed: their backbone is not implemented
-(spec §5.2 caveat 2).
+MaX-DeepLab-S/-L COCO checkpoints (deeplab2, 400k steps) convert with the MaX importer
+(``checkpoints/deeplab2_max.py``) through the MaX family row.
 """
 
 from __future__ import annotations
@@ -103,6 +103,13 @@ _ENTRIES = [
         "cityscapes/kmax_convnext_large_deeplab2", 68.4),
     _tf("kmax_convnext_large_ade20k_1281", "kmax_convnext_large_res1281_ade20k_train", "ade20k", "convnext_large",
         "ade20k/kmax_convnext_large_1281_deeplab2", 50.9, "BD reports PQ 50.662 for this file ported"),
+    # deeplab2 g3doc/projects/max_deeplab.md (TF MaX-DeepLab, 400k-step checkpoints; spec max_deeplab.md §6).
+    _tf("max_deeplab_s_coco", "max_deeplab_s_os16_res641_400k_coco_train", "coco", "axial_resnet50",
+        "coco/max_deeplab_s_641", 47.0, "MaX-DeepLab-S 641x641, 400k steps"),
+    _tf("max_deeplab_s_1025_coco", "max_deeplab_s_os16_res1025_400k_coco_train", "coco", "axial_resnet50",
+        "coco/max_deeplab_s_1025", 49.0, "MaX-DeepLab-S 1025x1025, 400k steps"),
+    _tf("max_deeplab_l_coco", "max_deeplab_l_os16_res1025_400k_coco_train", "coco", "wide_resnet41",
+        "coco/max_deeplab_l_1025", 51.3, "MaX-DeepLab-L 1025x1025, 400k steps"),
     # bytedance/kmax-deeplab README (PyTorch-trained, detectron2 .pth on Google Drive).
     _bd("kmax_r50_coco_bd", "1YB_5dct0U7ys2KTJNjDIqXLSZneWTyr-", "coco", "resnet50", "coco/kmax_r50", 53.3),
     _bd("kmax_convnext_tiny_coco_bd", "1KAEztHbVG3Pvi6JnrCMtRYTgSFi7zr47", "coco", "convnext_tiny",

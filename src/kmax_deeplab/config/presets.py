@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from kmax_deeplab.modeling.max_deeplab.config import MaXLossConfig, MaXModelConfig, MaXPostProcessConfig
 from kmax_deeplab.config.schema import (
     Config,
     DataConfig,
@@ -137,6 +138,58 @@ def _tiny() -> Config:
     )
 
 
+def _max_coco(variant: str, size: int) -> Config:
+    """MaX-DeepLab COCO (spec ``max_deeplab.md`` §5; deeplab2 ``configs/coco/max_deeplab``).
+
+    Adam (eps 1e-7, no weight decay), LR 1e-3 (L: 3e-4), 5k linear warmup from 0 then poly 0.9,
+    0.1x LR on the ImageNet-pretrained encoder part (deeplab2's name rule), batch 64, 100k steps
+    (the 100k configs; 200k / 400k: ``solver.max_iters``), random scale 0.5-1.5 and crop at the
+    canvas, flip. Not in the deeplab2 recipe and therefore off: colour jitter, copy-paste (L
+    adds AutoAugment, not implemented here). Area limits scale with the canvas (§4).
+    """
+    small = size == 641
+    return Config(
+        name=f"coco/max_deeplab_{variant}_{size}",
+        model=MaXModelConfig(variant=variant, backbone="axial_resnet50" if variant == "s" else "wide_resnet41",
+                             num_classes=133, num_queries=128, image_size=(size, size), drop_path_keep_prob=0.8,
+                             aux_semantic="decoder"),
+        data=DataConfig(dataset="coco", crop_size=(size, size), min_scale=0.5, max_scale=1.5,
+                        color_jitter=False, copy_paste=False),
+        loss=MaXLossConfig(),
+        solver=SolverConfig(batch_size=64, max_iters=100_000, base_lr=1e-3 if variant == "s" else 3e-4,
+                            optimizer="adam", eps=1e-7, weight_decay=0.0, warmup_iters=5000, warmup_factor=0.0,
+                            poly_power=0.9, backbone_lr_multiplier=0.1),
+        postprocess=MaXPostProcessConfig(class_threshold=0.7, pixel_confidence_threshold=0.4,
+                                         thing_area_limit=100 if small else 256,
+                                         stuff_area_limit=1600 if small else 4096),
+    )
+
+
+def _max_tiny() -> Config:
+    """A small MaX-DeepLab-S for tests: synthetic data, 129x129 canvas, CPU-trainable (~0.3 M parameters)."""
+    return Config(
+        name="synthetic/max_deeplab_tiny",
+        model=MaXModelConfig(variant="s", backbone="axial_resnet50", num_classes=7, num_queries=16,
+                             image_size=(129, 129), drop_path_keep_prob=1.0, aux_semantic="decoder",
+                             width_multiplier=0.125, stem_width_multiplier=0.25, num_blocks=(1, 1, 1, 1),
+                             memory_channels=64, transformer_expansion=0.25, ffn_dim=128, head_dim=64,
+                             pixel_feature_dim=32),
+        data=DataConfig(dataset="synthetic", root="", train_image_dir="train/images",
+                        train_json="train/panoptic.json", train_panoptic_dir="train/panoptic",
+                        val_image_dir="val/images", val_json="val/panoptic.json",
+                        val_panoptic_dir="val/panoptic", crop_size=(129, 129),
+                        min_scale=0.5, max_scale=1.5, min_valid_pixels=64, num_workers=0,
+                        color_jitter=False, copy_paste=False),
+        loss=MaXLossConfig(),
+        solver=SolverConfig(batch_size=8, max_iters=1500, base_lr=3e-3, optimizer="adam", eps=1e-7,
+                            weight_decay=0.0, warmup_iters=50, warmup_factor=0.0, checkpoint_period=200,
+                            eval_period=0, log_period=10, backbone_lr_multiplier=1.0,
+                            output_dir="runs/max_deeplab_tiny"),
+        postprocess=MaXPostProcessConfig(class_threshold=0.5, pixel_confidence_threshold=0.4,
+                                         thing_area_limit=0, stuff_area_limit=0),
+    )
+
+
 # K-Net (knet.md §8): COCO train2017 has 118,287 images; 16 per step -> 7,393 steps per epoch.
 _KNET_EPOCH = 7393
 
@@ -221,6 +274,10 @@ PRESETS: dict[str, Callable[[], Config]] = {
     "ade20k/kmax_r50_641": _named(lambda: _ade20k("resnet50", size=641), "ade20k/kmax_r50_641"),
     "ade20k/kmax_r50_1281": _named(lambda: _ade20k("resnet50", size=1281), "ade20k/kmax_r50_1281"),
     "synthetic/kmax_tiny": _tiny,
+    "coco/max_deeplab_s_641": lambda: _max_coco("s", 641),
+    "coco/max_deeplab_s_1025": lambda: _max_coco("s", 1025),
+    "coco/max_deeplab_l_1025": lambda: _max_coco("l", 1025),
+    "synthetic/max_deeplab_tiny": _max_tiny,
 }
 for _task, _suffix in (("panoptic", ""), ("instance", "_instance")):
     PRESETS[f"synthetic/knet_tiny{_suffix}"] = (lambda t=_task: _knet_tiny(t))

@@ -15,6 +15,7 @@ from .criterion import (
     build_matched_targets,
 )
 from .instance_discrimination import instance_discrimination_loss
+from .max_deeplab import MAX_TERMS, MAX_WEIGHTS, MaXCriterion, max_instance_discrimination_loss
 from .mask_id import mask_id_cross_entropy
 from .knet import KNetCriterion, build_knet_criterion
 from .matching import HungarianMatcher, ImageMatch, class_similarity, linear_assignment, mask_similarity
@@ -32,6 +33,10 @@ __all__ = [
     "HungarianMatcher",
     "ImageMatch",
     "KMaXCriterion",
+    "MAX_TERMS",
+    "MAX_WEIGHTS",
+    "MaXCriterion",
+    "max_instance_discrimination_loss",
     "KNetCriterion",
     "MatchedTargets",
     "build_criterion",

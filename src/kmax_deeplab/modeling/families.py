@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping
 from torch import nn
 
 from kmax_deeplab.modeling.kmax.family import KMAX
+from kmax_deeplab.modeling.max_deeplab.family import MAX_DEEPLAB
 from kmax_deeplab.modeling.knet.family import KNET
 
 
@@ -86,6 +87,7 @@ class Family:
 #: ``meta_architecture`` -> :class:`Family`. MaX-DeepLab and K-Net add their rows here.
 FAMILIES: dict[str, Family] = {
     "kmax": Family(**KMAX),
+    "max_deeplab": Family(**MAX_DEEPLAB),
     "knet": Family(**KNET),
 }
 

@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["CLASS_ACTIVATIONS", "MASK_ACTIVATIONS", "PanopticResult", "class_probabilities",
-           "mask_probabilities", "resize_mask_logits", "panoptic_inference", "semantic_inference",
+           "mask_probabilities", "resize_mask_logits", "panoptic_inference", "pixelwise_panoptic_inference",
+           "pixelwise_semantic_inference", "semantic_inference",
            "semantic_probabilities"]
 
 VARIANTS = ("bytedance", "deeplab2")
@@ -411,3 +412,149 @@ def semantic_inference(pred_logits: Tensor, pred_masks: Tensor, **kwargs) -> Ten
         ``[Ho, Wo]`` int64 train ids in ``0..C-1``.
     """
     return semantic_probabilities(pred_logits, pred_masks, **kwargs).argmax(0)
+
+
+def pixelwise_panoptic_inference(
+    pred_logits: Tensor,
+    pred_masks: Tensor,
+    *,
+    is_thing: Sequence[bool],
+    train_id_to_category_id: Sequence[int] | None = None,
+    class_threshold: float = 0.7,
+    pixel_confidence_threshold: float = 0.4,
+    canvas_size: Sequence[int] | None = None,
+    valid_size: Sequence[int] | None = None,
+    output_size: Sequence[int] | None = None,
+    thing_area_limit: int = 0,
+    stuff_area_limit: int = 0,
+    return_label_map: bool = False,
+    label_divisor: int = 256,
+    ignore_label: int = 0,
+):
+    """MaX-DeepLab's "pixelwise" panoptic post-processing of one image (spec ``max_deeplab.md`` §4).
+
+    deeplab2 ``post_processor/max_deeplab.py`` (``transformer_post_processing='pixelwise'``):
+
+    1. per slot, softmax over the ``C+1`` classes, void dropped; class = argmax, confidence
+       = its probability; slots with confidence ``>= class_threshold`` are kept (none kept:
+       the whole image is void);
+    2. the mask logits are upsampled to the canvas (bilinear, align corners);
+    3. dropped slots get logit −99999; a pixel's slot is the argmax over the kept ones;
+    4. a pixel is void unless the maximum slot softmax (kept slots) is
+       ``> pixel_confidence_threshold`` and its unconstrained argmax slot is a kept one;
+    5. the pixel's class is its slot's class; thing pixels form one segment per slot, stuff
+       pixels one segment per class;
+    6. at canvas resolution, thing segments (per slot) with fewer than ``thing_area_limit``
+       pixels and stuff classes with fewer than ``stuff_area_limit`` become void (0 = off;
+       COCO 641: 100 / 1600, 1025: 256 / 4096);
+    7. the canvas map is cropped to ``valid_size`` and resized (nearest) to ``output_size``.
+
+    Args:
+        pred_logits: ``[N, C+1]`` class logits of one image, void last.
+        pred_masks: ``[N, h, w]`` mask logits (stride 4 of the canvas).
+        is_thing: length C, thing flag per train id.
+        train_id_to_category_id: length C; default the train id.
+        class_threshold: slot confidence threshold (0.7).
+        pixel_confidence_threshold: pixel confidence threshold (0.4).
+        canvas_size / valid_size / output_size: geometry as in :func:`panoptic_inference`
+            (defaults: the logits size, the canvas, the valid region).
+        thing_area_limit / stuff_area_limit: area filters (pixels at canvas resolution).
+        return_label_map: also return ``category * label_divisor + instance`` (thing
+            instance = slot + 1 as in deeplab2, stuff 0, void ``ignore_label * label_divisor``).
+        label_divisor / ignore_label: for the label map.
+
+    Returns:
+        ``(panoptic, segments_info)`` or ``(panoptic, segments_info, label_map)``, the
+        contract of :func:`panoptic_inference` (``score`` = the slot's class confidence, for
+        stuff the highest among the class's slots).
+
+    Raises:
+        ValueError: bad shapes or ``is_thing`` / ``train_id_to_category_id`` lengths.
+    """
+    num_classes = len(is_thing)
+    if train_id_to_category_id is None:
+        train_id_to_category_id = list(range(num_classes))
+    if len(train_id_to_category_id) != num_classes:
+        raise ValueError(f"train_id_to_category_id has {len(train_id_to_category_id)} entries, "
+                         f"is_thing has {num_classes}")
+    if pred_logits.dim() != 2 or pred_logits.shape[1] != num_classes + 1:
+        raise ValueError(f"pred_logits must be [N, C+1] with C = {num_classes}, got {tuple(pred_logits.shape)}")
+    if pred_masks.dim() != 3 or pred_masks.shape[0] != pred_logits.shape[0]:
+        raise ValueError(f"pred_masks must be [N, h, w] with N = {pred_logits.shape[0]}, got "
+                         f"shape {tuple(pred_masks.shape)}")
+    canvas, valid, output, _ = _geometry(pred_masks, canvas_size, valid_size, output_size, True)
+    device = pred_masks.device
+    probs = pred_logits.float().softmax(-1)[:, :num_classes]  # [N, C], void dropped after normalising
+    confidence, classes = probs.max(-1)
+    keep = confidence >= class_threshold  # [N]
+    ids = torch.zeros(canvas, dtype=torch.int32, device=device)
+    segments: list[dict[str, Any]] = []
+    if bool(keep.any()):
+        logits = resize_mask_logits(pred_masks, canvas_size=canvas, align_corners=True)  # [N, H, W]
+        detected = torch.where(keep[:, None, None], logits, torch.full_like(logits, -99999.0))
+        slot_prob = detected.softmax(0).amax(0)
+        slot = detected.argmax(0)  # [H, W]
+        confident = (slot_prob > pixel_confidence_threshold) & (logits.amax(0) == detected.amax(0))
+        del logits, detected
+        thing_flags = torch.tensor([bool(t) for t in is_thing], device=device)
+        pixel_class = classes[slot]
+        pixel_thing = thing_flags[pixel_class]
+        thing_px = confident & pixel_thing
+        stuff_px = confident & ~pixel_thing
+        if thing_area_limit > 0:
+            counts = torch.bincount(slot[thing_px].flatten(), minlength=pred_masks.shape[0])
+            thing_px &= counts[slot] >= thing_area_limit
+        if stuff_area_limit > 0:
+            counts = torch.bincount(pixel_class[stuff_px].flatten(), minlength=num_classes)
+            stuff_px &= counts[pixel_class] >= stuff_area_limit
+        conf_cpu, cls_cpu = confidence.cpu(), classes.cpu()
+        for s in torch.unique(slot[thing_px]).tolist():
+            seg_id = len(segments) + 1
+            ids[thing_px & (slot == s)] = seg_id
+            segments.append({"id": seg_id, "train_id": int(cls_cpu[s]), "isthing": True,
+                             "score": float(conf_cpu[s]), "instance": s + 1})
+        for c in torch.unique(pixel_class[stuff_px]).tolist():
+            seg_id = len(segments) + 1
+            region = stuff_px & (pixel_class == c)
+            ids[region] = seg_id
+            score = float(conf_cpu[torch.unique(slot[region]).cpu()].max())
+            segments.append({"id": seg_id, "train_id": c, "isthing": False, "score": score, "instance": 0})
+    ids = _crop_resize_nearest(ids, valid, output)
+    counts = torch.bincount(ids.flatten().long(), minlength=len(segments) + 1).cpu()
+    segments_info = []
+    for seg in segments:
+        area = int(counts[seg["id"]])
+        if area == 0:
+            continue
+        segments_info.append({"id": seg["id"], "category_id": int(train_id_to_category_id[seg["train_id"]]),
+                              "isthing": seg["isthing"], "score": seg["score"], "area": area})
+    if not return_label_map:
+        return ids, segments_info
+    label_map = torch.full(ids.shape, ignore_label * label_divisor, dtype=torch.int64, device=ids.device)
+    by_id = {seg["id"]: seg for seg in segments}
+    for info in segments_info:
+        label_map[ids == info["id"]] = info["category_id"] * label_divisor + by_id[info["id"]]["instance"]
+    return ids, segments_info, label_map
+
+
+def pixelwise_semantic_inference(pred_logits: Tensor, pred_masks: Tensor, *,
+                                 canvas_size: Sequence[int] | None = None, valid_size: Sequence[int] | None = None,
+                                 output_size: Sequence[int] | None = None) -> Tensor:
+    """MaX-DeepLab's semantic prediction: the class of each pixel's argmax slot (no thresholds).
+
+    deeplab2's second post-processor (``post_processor/max_deeplab.py``, thresholds 0, no area
+    limits): per slot the argmax over the C classes (void dropped after the softmax); mask
+    logits upsampled to the canvas (align corners); per pixel the argmax slot; crop, nearest resize.
+
+    Args:
+        pred_logits: ``[N, C+1]``; pred_masks: ``[N, h, w]``; geometry as in
+            :func:`pixelwise_panoptic_inference`.
+
+    Returns:
+        ``[Ho, Wo]`` int64 train ids.
+    """
+    canvas, valid, output, _ = _geometry(pred_masks, canvas_size, valid_size, output_size, True)
+    num_classes = pred_logits.shape[-1] - 1
+    classes = pred_logits.float().softmax(-1)[:, :num_classes].argmax(-1)  # [N]
+    slot = resize_mask_logits(pred_masks, canvas_size=canvas, align_corners=True).argmax(0)  # [H, W]
+    return _crop_resize_nearest(classes[slot].to(torch.int32), valid, output).long()

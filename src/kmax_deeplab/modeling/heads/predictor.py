@@ -46,6 +46,8 @@ class KMaXPredictor(nn.Module):
         hidden_dim: width of the pixel head's 1×1 conv (256).
         pixel_feature_dim: D of the normalised pixel feature and the mask kernel (128).
         norm: batch-norm kind.
+        act: pixel-head activation (``"gelu"`` kMaX, ``"relu"`` MaX-DeepLab, which shares
+            this head: deeplab2 ``decoder/max_deeplab.py``).
     """
 
     def __init__(
@@ -57,12 +59,13 @@ class KMaXPredictor(nn.Module):
         hidden_dim: int = 256,
         pixel_feature_dim: int = 128,
         norm: str = "BN",
+        act: str = "gelu",
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self._pixel_space_head_conv0bnact = ConvNormAct(
-            in_channels, in_channels, 5, depthwise=True, norm=norm, act="gelu")
-        self._pixel_space_head_conv1bnact = ConvNormAct(in_channels, hidden_dim, 1, norm=norm, act="gelu")
+            in_channels, in_channels, 5, depthwise=True, norm=norm, act=act)
+        self._pixel_space_head_conv1bnact = ConvNormAct(in_channels, hidden_dim, 1, norm=norm, act=act)
         self._pixel_space_head_last_convbn = ConvNormAct(
             hidden_dim, pixel_feature_dim, 1, bias=True, norm=norm, init_std=0.01)
         self._transformer_mask_head = ConvNormAct(query_dim, pixel_feature_dim, 1, dim=1, norm=norm)

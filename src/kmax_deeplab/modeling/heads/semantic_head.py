@@ -41,16 +41,16 @@ class ASPP(nn.Module):
     """
 
     def __init__(self, in_channels: int, channels: int = 256, rates: Sequence[int] = (6, 12, 18), *,
-                 dropout: float = 0.1, norm: str = "BN") -> None:
+                 dropout: float = 0.1, norm: str = "BN", act: str = "gelu") -> None:
         super().__init__()
         if len(rates) != 3:
             raise ValueError(f"ASPP needs three atrous rates, got {list(rates)}")
-        self._aspp_conv0 = ConvNormAct(in_channels, channels, 1, norm=norm, act="gelu")
-        self._aspp_conv1 = ConvNormAct(in_channels, channels, 3, dilation=rates[0], norm=norm, act="gelu")
-        self._aspp_conv2 = ConvNormAct(in_channels, channels, 3, dilation=rates[1], norm=norm, act="gelu")
-        self._aspp_conv3 = ConvNormAct(in_channels, channels, 3, dilation=rates[2], norm=norm, act="gelu")
-        self._aspp_pool = ConvNormAct(in_channels, channels, 1, norm=norm, act="gelu")
-        self._proj_conv_bn_act = ConvNormAct(5 * channels, channels, 1, norm=norm, act="gelu")
+        self._aspp_conv0 = ConvNormAct(in_channels, channels, 1, norm=norm, act=act)
+        self._aspp_conv1 = ConvNormAct(in_channels, channels, 3, dilation=rates[0], norm=norm, act=act)
+        self._aspp_conv2 = ConvNormAct(in_channels, channels, 3, dilation=rates[1], norm=norm, act=act)
+        self._aspp_conv3 = ConvNormAct(in_channels, channels, 3, dilation=rates[2], norm=norm, act=act)
+        self._aspp_pool = ConvNormAct(in_channels, channels, 1, norm=norm, act=act)
+        self._proj_conv_bn_act = ConvNormAct(5 * channels, channels, 1, norm=norm, act=act)
         self._proj_drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -89,6 +89,9 @@ class AuxSemanticDecoder(nn.Module):
 
     Raises:
         ValueError: unknown ``low_level_activation`` or ``align_corners`` rule.
+
+    ``act`` (keyword): activation of every conv-BN, ``"gelu"`` (kMaX) or ``"relu"``
+    (MaX-DeepLab, which shares this decoder: deeplab2 ``decoder/max_deeplab.py``).
     """
 
     def __init__(
@@ -101,6 +104,7 @@ class AuxSemanticDecoder(nn.Module):
         channels: int = 256,
         low_level_channels: Sequence[int] = (64, 32),
         low_level_activation: str = "none",
+        act: str = "gelu",
         norm: str = "BN",
         align_corners: str = "bytedance",
     ) -> None:
@@ -112,17 +116,17 @@ class AuxSemanticDecoder(nn.Module):
             raise ValueError(f"low_level_activation must be one of {tuple(LOW_LEVEL_ACTIVATIONS)}, "
                              f"got {low_level_activation!r}")
         self.low_level_activation = low_level_activation
-        self._aspp = ASPP(res5_channels, channels, (6, 12, 18), norm=norm)
-        self._low_level_projection_os8 = ConvNormAct(res3_channels, os8, 1, norm=norm, act="gelu")
+        self._aspp = ASPP(res5_channels, channels, (6, 12, 18), norm=norm, act=act)
+        self._low_level_projection_os8 = ConvNormAct(res3_channels, os8, 1, norm=norm, act=act)
         self._low_level_fusion_os8_conv0_bn_act = ConvNormAct(
-            channels + os8, channels + os8, 5, depthwise=True, norm=norm, act="gelu")
-        self._low_level_fusion_os8_conv1_bn_act = ConvNormAct(channels + os8, channels, 1, norm=norm, act="gelu")
-        self._low_level_projection_os4 = ConvNormAct(res2_channels, os4, 1, norm=norm, act="gelu")
+            channels + os8, channels + os8, 5, depthwise=True, norm=norm, act=act)
+        self._low_level_fusion_os8_conv1_bn_act = ConvNormAct(channels + os8, channels, 1, norm=norm, act=act)
+        self._low_level_projection_os4 = ConvNormAct(res2_channels, os4, 1, norm=norm, act=act)
         self._low_level_fusion_os4_conv0_bn_act = ConvNormAct(
-            channels + os4, channels + os4, 5, depthwise=True, norm=norm, act="gelu")
-        self._low_level_fusion_os4_conv1_bn_act = ConvNormAct(channels + os4, channels, 1, norm=norm, act="gelu")
-        self.conv_block_0 = ConvNormAct(channels, channels, 5, depthwise=True, norm=norm, act="gelu")
-        self.conv_block_1 = ConvNormAct(channels, channels, 1, norm=norm, act="gelu")
+            channels + os4, channels + os4, 5, depthwise=True, norm=norm, act=act)
+        self._low_level_fusion_os4_conv1_bn_act = ConvNormAct(channels + os4, channels, 1, norm=norm, act=act)
+        self.conv_block_0 = ConvNormAct(channels, channels, 5, depthwise=True, norm=norm, act=act)
+        self.conv_block_1 = ConvNormAct(channels, channels, 1, norm=norm, act=act)
         self.final_conv = ConvNormAct(channels, num_outputs, 1, bias=True, norm="none", init_std=0.01)
 
     def forward(self, res5: Tensor, res3: Tensor, res2: Tensor) -> Tensor:
@@ -158,10 +162,11 @@ class AuxSemanticHead(nn.Sequential):
         norm: batch-norm kind.
     """
 
-    def __init__(self, res5_channels: int, num_outputs: int, *, channels: int = 256, norm: str = "BN") -> None:
+    def __init__(self, res5_channels: int, num_outputs: int, *, channels: int = 256, norm: str = "BN",
+                 act: str = "gelu") -> None:
         super().__init__(
-            ConvNormAct(res5_channels, res5_channels, 5, depthwise=True, norm=norm, act="gelu"),
-            ConvNormAct(res5_channels, channels, 1, norm=norm, act="gelu"),
+            ConvNormAct(res5_channels, res5_channels, 5, depthwise=True, norm=norm, act=act),
+            ConvNormAct(res5_channels, channels, 1, norm=norm, act=act),
             ConvNormAct(channels, num_outputs, 1, bias=True, norm="none", init_std=0.01),
         )
 
