@@ -9,7 +9,7 @@ Source: deeplab2 ``model/decoder/max_deeplab.py`` (``MaXDeepLab``), ``model/buil
   bias, BN, L2 normalisation), the mask head (1-D conv-BN on the memory's mask feature),
   the 1-channel mask-logit BN (γ init 0.1) and the class head (1-D conv with bias, void
   last, + log(C·0.9/0.1) on the void logit every pass): the very head kMaX uses,
-  :class:`~kmax_deeplab.modeling.kmax.predictor.KMaXPredictor`, with ReLU.
+  :class:`~kmax_deeplab.modeling.heads.predictor.KMaXPredictor`, with ReLU.
 * ``semantic_head`` (training only): MaX-S has the Panoptic-DeepLab decoder (ASPP
   6/12/18 on the ReLU'd stage-5 output, res3/res2 fusions, all resizes align-corners)
   and head; MaX-L's semantic feature is already at stride 4, so only the head.
@@ -27,8 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from kmax_deeplab.modeling.backbones.axial_resnet import AxialResNet
-from kmax_deeplab.modeling.kmax.predictor import KMaXPredictor
-from kmax_deeplab.modeling.kmax.semantic_head import AuxSemanticDecoder, AuxSemanticHead
+from kmax_deeplab.modeling.heads.predictor import KMaXPredictor
+from kmax_deeplab.modeling.heads.semantic_head import AuxSemanticDecoder, AuxSemanticHead
 from kmax_deeplab.modeling.outputs import MaskTransformerOutput
 
 VARIANTS = ("s", "l")
