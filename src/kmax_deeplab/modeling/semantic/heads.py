@@ -114,7 +114,11 @@ class DecodeHead(nn.Module):
                            f"got {sorted(features)}") from None
 
     def forward_features(self, features: Mapping[str, Tensor]) -> Tensor:
-        raise NotImplementedError
+        """Backbone features -> the head's ``feats`` ``[B, channels, h, w]`` (before ``cls_seg``).
+
+        Abstract: every decode head (FCN, PSPNet, DeepLabv3, UPerNet) defines it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not define forward_features")
 
     def cls_seg(self, feats: Tensor) -> Tensor:
         """``[B, channels, h, w]`` -> logits ``[B, num_classes, h, w]`` (dropout, ``conv_seg``)."""
