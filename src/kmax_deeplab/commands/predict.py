@@ -187,7 +187,7 @@ def predict_files(predictor, files: Sequence[Path], output: str | Path, *, overl
             journal.close()
             if journal.done:
                 journal.write_predictions_json()
-        if instances:
+        if instances is not None and done:  # also when no instance was found: []
             import json
 
             from kmax_deeplab.fileio import atomic_path
