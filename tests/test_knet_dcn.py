@@ -35,10 +35,18 @@ RTOL = 1e-4
 def test_parameter_counts_equal_the_original():
     """The original code, built on CPU from its R-101-DCN configs (``meta.json``, recorded by
     tools/knet_dcn_parity.py): panoptic 57,815,152, instance 57,760,668, backbone 43,786,332."""
+    from kmax_deeplab.checkpoints.zoo import ZOO
+    from kmax_deeplab.config import get_preset
+    from kmax_deeplab.modeling.families import family_of
+
     ref = META["reference_parameters"]
     assert ref["panoptic"]["total"] == 57_815_152 and ref["instance"]["total"] == 57_760_668
-    for task in ("panoptic", "instance"):
-        model = build_knet(task=task, backbone="resnet101", dcn="DCN")
+    assert ref["panoptic"]["conv2"] == "DeformConv2dPack"  # mmcv's 'DCN' (v1), not 'DCNv2'
+    for task, suffix in (("panoptic", ""), ("instance", "_instance")):
+        cfg = get_preset(f"coco/knet_r101_dcn_fpn_ms3x{suffix}")
+        assert (cfg.model.dcn, cfg.model.task, cfg.model.backbone) == ("DCN", task, "resnet101")
+        assert ZOO[f"knet_r101_dcn_fpn_ms3x_coco_{task}"].preset == cfg.name
+        model = family_of(cfg).build_model(cfg)
         assert sum(p.numel() for p in model.parameters()) == ref[task]["total"], task
         assert sum(p.numel() for p in model.backbone.parameters()) == ref[task]["backbone"] == 43_786_332
         assert len(model.state_dict()) == ref[task]["keys"] == 868
