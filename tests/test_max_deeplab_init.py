@@ -51,7 +51,8 @@ def test_layout_is_what_deeplab2_restores():
 def test_l_layout_converts_strictly():
     shapes = _shapes("l")
     layout = read_layout(L_INIT)
-    fake = {name: np.zeros(shape, np.float32) for name, shape in layout}
+    # zero-stride views: shapes without 700 MB of values (the converter only moves and checks shapes)
+    fake = {name: np.broadcast_to(np.float32(0), shape) for name, shape in layout}
     sd, report = _convert(fake, "l", shapes=shapes)
     assert set(sd) == {k for k in shapes if is_pretrained_encoder_parameter(k)}
     assert any(k.startswith("encoder.decoder_stage") for k in sd)  # the backbone hourglass decoder

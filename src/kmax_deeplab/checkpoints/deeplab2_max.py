@@ -151,6 +151,36 @@ def convert_deeplab2_max(variables: Mapping[str, np.ndarray], target: torch.nn.M
                                 origin=origin, strict=strict)
 
 
+_PYTORCH_SUFFIXES = (".pth", ".pt", ".pkl", ".bin", ".safetensors")
+
+
+def identify_pytorch_file(path: str | Path) -> str:
+    """What a PyTorch/pickle weights file holds, from its key names: for one-line refusals."""
+    from kmax_deeplab.checkpoints.safe_load import load_weights_file
+
+    try:
+        names = list(load_weights_file(path))
+    except Exception:  # unreadable: the refusal names the suffix only
+        return "PyTorch"
+    if any(n.startswith(("rpn_head.", "roi_head.mask_head.")) for n in names):
+        return "K-Net (mmdet)"
+    if any(n.startswith("sem_seg_head.") for n in names):
+        return "kMaX-DeepLab (detectron2)"
+    if any(n.startswith(("kernel_head.", "stages.0.updator.")) for n in names):
+        return "K-Net (kmax-deeplab)"
+    if any(n.startswith(("pixel_decoder.", "predictor.")) for n in names):
+        return "kMaX-DeepLab (kmax-deeplab)"
+    return "PyTorch"
+
+
+def _refuse_pytorch_file(path: str | Path, want: str) -> None:
+    """One line when a MaX config is given a PyTorch file instead of a deeplab2 TF checkpoint."""
+    p = Path(path)
+    if p.is_file() and p.suffix in _PYTORCH_SUFFIXES:
+        raise CheckpointMismatchError(f"{p} holds a {identify_pytorch_file(p)} checkpoint but the model is {want} "
+                                      f"(expected a deeplab2 TF checkpoint: prefix, .index file or archive folder)")
+
+
 def load_deeplab2_max_checkpoint(prefix: str | Path, target: torch.nn.Module | Mapping[str, object], *,
                                  variant: str, dataset: str = "coco", num_classes: int = 133,
                                  strict: bool = True) -> dict[str, torch.Tensor]:
@@ -161,6 +191,7 @@ def load_deeplab2_max_checkpoint(prefix: str | Path, target: torch.nn.Module | M
     """
     from kmax_deeplab.checkpoints.tf_reader import load_variables
 
+    _refuse_pytorch_file(prefix, f"max_deeplab_{variant}")
     prefix = resolve_prefix(prefix)
     ignored = [re.compile(p) for p in IGNORED]
 
@@ -298,6 +329,7 @@ def load_deeplab2_max_init(prefix: str | Path, model: torch.nn.Module, *, varian
     """
     from kmax_deeplab.checkpoints.tf_reader import load_variables
 
+    _refuse_pytorch_file(prefix, f"max_deeplab_{variant} (its max_deeplab_{variant}_backbone initial checkpoint)")
     prefix = resolve_prefix(prefix)
     ignored = [re.compile(p) for p in IGNORED]
 
