@@ -152,4 +152,5 @@ KNET = dict(
     mask_activation="sigmoid",
     mask_stride=4,
     full_resolution_targets=True,
+    tasks=TASKS,
 )
