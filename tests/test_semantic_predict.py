@@ -2,15 +2,15 @@
 folder loop, and the round trip into ``kmax evaluate --task semantic``; semantic targets derived
 from panoptic ground truth (``data/panoptic_semantic.py``).
 
-The model is the test-local ``semantic_toy`` family row (ResNetV1c-tiny + mmseg FCN head,
-``tests/semantic_toy_family.py``) until the K-Net semantic family is on main.
+The model is the K-Net semantic family's FCN preset shrunk to a tiny ResNetV1c (random weights
+seeded and saved as a native folder, so the command and the test load the same model), with
+the COCO-panoptic classes so its predictions can be scored against the bundled COCO sample.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from kmax_deeplab import cli
+from kmax_deeplab.checkpoints.native import save_native
 from kmax_deeplab.config import apply_overrides, load_config
 from kmax_deeplab.data.catalog import get_dataset_meta
 from kmax_deeplab.data.coco_panoptic import COCOPanopticDataset
@@ -29,26 +30,33 @@ from kmax_deeplab.engine.semantic_inference import SemanticTestConfig, semantic_
 from kmax_deeplab.engine.semantic_writer import (SemanticPredictionWriter, dataset_label_ids, label_palette,
                                                  write_label_png)
 from kmax_deeplab.evaluation.semantic import SemSegAccumulator
-from kmax_deeplab.modeling import families
-
-from semantic_toy_family import NAME, SEMANTIC_TOY
+from kmax_deeplab.modeling.families import family_of
 
 GOLDEN = Path(__file__).parent / "data" / "semantic" / "mmseg_semantic_inference.npz"
-TOY_YAML = """\
-base: synthetic/kmax_tiny
-name: semantic_toy
-model: {meta_architecture: semantic_toy, num_classes: 133, image_size: [65, 65], channels: 16}
-data: {dataset: coco}
-postprocess: {mode: slide, crop_size: [48, 64], stride: [40, 40], img_scale: [128, 96]}
-"""
+PRESET = "ade20k/knet_r50_d8_fcn_512"
+TINY = ["model.backbone=resnet_tiny", "model.head_channels=32", "model.updator_dim=16", "model.ffn_dim=32",
+        "model.num_heads=2", "model.aux_channels=16", "model.norm=BN", "model.num_classes=133",
+        "model.num_queries=133", "data.dataset=coco", "model.image_size=[96,128]",
+        "postprocess.mode=slide", "postprocess.crop_size=[48,64]", "postprocess.stride=[40,40]"]
 
 
 @pytest.fixture
-def toy(monkeypatch, tmp_path):
-    monkeypatch.setitem(families.FAMILIES, NAME, SEMANTIC_TOY)
-    path = tmp_path / "toy.yaml"
-    path.write_text(TOY_YAML)
-    return path
+def tiny_model(tmp_path):
+    """A native folder holding the tiny semantic K-Net with seeded random weights."""
+    cfg = load_config(PRESET, TINY)
+    torch.manual_seed(0)
+    model = family_of(cfg).build_model(cfg)
+    with torch.no_grad():  # non-trivial BN statistics and a visible class signal
+        for name, t in model.state_dict().items():
+            if name.endswith("running_var"):
+                t.uniform_(0.5, 1.5)
+            elif name.endswith("running_mean"):
+                t.normal_(0, 0.1)
+            elif "conv_seg.weight" in name:
+                t.normal_(0, 0.5)
+    folder = tmp_path / "tiny_knet_semantic"
+    save_native(folder, model.state_dict(), cfg)
+    return folder
 
 
 # ------------------------------------------------------------------ label PNGs and overlays
@@ -146,13 +154,11 @@ def test_semantic_targets_of_the_coco_sample(coco_sample):
 
 # ------------------------------------------------------------------ predictor and command
 @pytest.mark.slow
-def test_predictor_semantic_is_semantic_inference(toy):
-    cfg = load_config(str(toy))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        pred = Predictor.from_config(cfg, None, channels_last=False)
+def test_predictor_semantic_is_semantic_inference(tiny_model):
+    pred = Predictor.from_pretrained(tiny_model, channels_last=False)
+    cfg = pred.cfg
     test = pred.semantic_test
-    assert (test.mode, test.crop_size, test.stride, test.img_scale) == ("slide", (48, 64), (40, 40), (128, 96))
+    assert (test.mode, test.crop_size, test.stride, test.img_scale) == ("slide", (48, 64), (40, 40), (96, 128))
     img = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
     out = pred.predict_semantic(img, probabilities=True)
     with torch.inference_mode():
@@ -160,33 +166,31 @@ def test_predictor_semantic_is_semantic_inference(toy):
     torch.testing.assert_close(out["probabilities"], ref)
     np.testing.assert_array_equal(out["semantic"], ref.argmax(0).numpy())
     assert out["semantic"].shape == (50, 70) and len(np.unique(out["semantic"])) > 1
-    # whole-image mode through a config override gives the whole-image result
-    whole = Predictor(pred.model, apply_overrides(cfg, ["postprocess.mode=whole"]), channels_last=False)
+    # whole-image mode with flip through config overrides gives that result
+    whole = Predictor(pred.model, apply_overrides(cfg, ["postprocess.mode=whole", "postprocess.flip=true"]),
+                      channels_last=False)
     with torch.inference_mode():
         ref_whole = semantic_inference(lambda x: pred.model(x)["sem_seg"], img,
-                                       SemanticTestConfig(img_scale=(128, 96)))
+                                       SemanticTestConfig(img_scale=(96, 128), flip=True))
     np.testing.assert_array_equal(whole(img)["semantic"], ref_whole.argmax(0).numpy())
     with pytest.raises(ValueError, match="semantic model"):
         Predictor(pred.model, load_config("synthetic/kmax_tiny")).predict_semantic(img)
 
 
 @pytest.mark.slow
-def test_predict_semantic_on_the_real_photos_then_evaluate(toy, tmp_path, coco_sample, capsys):
+def test_predict_semantic_on_the_real_photos_then_evaluate(tiny_model, tmp_path, coco_sample, capsys):
     sample = coco_sample / "sample_data"
     inputs = tmp_path / "in"
     shutil.copytree(sample / "input_images", inputs)
     (inputs / "corrupt.jpg").write_bytes(b"\xff\xd8 this is not a jpeg")
     out = tmp_path / "out"
-    code = cli.main(["predict", str(inputs), "--output", str(out), "--config", str(toy), "--task", "semantic",
+    code = cli.main(["predict", str(inputs), "--output", str(out), "--model", str(tiny_model), "--task", "semantic",
                      "--quiet"])
     err = capsys.readouterr().err
     assert code == 0 and "corrupt.jpg" in err
     meta = get_dataset_meta("coco")
     pal = np.asarray(label_palette(meta), np.uint8).reshape(256, 3)
-    cfg = load_config(str(toy))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        pred = Predictor.from_config(cfg, None)
+    pred = Predictor.from_pretrained(tiny_model)
     gt = COCOPanopticDataset(sample / "input_images", sample / "panoptic_examples.json",
                              sample / "panoptic_examples", meta)
     acc = SemSegAccumulator(133)
@@ -224,8 +228,8 @@ def test_predict_semantic_on_the_real_photos_then_evaluate(toy, tmp_path, coco_s
 
     # resume: nothing left to do, the files stay; a panoptic task on a semantic model is refused
     (inputs / "corrupt.jpg").unlink()
-    assert cli.main(["predict", str(inputs), "--output", str(out), "--config", str(toy), "--task", "semantic",
-                     "--quiet", "--resume"]) == 0
-    assert cli.main(["predict", str(inputs), "--output", str(tmp_path / "o2"), "--config", str(toy),
+    assert cli.main(["predict", str(inputs), "--output", str(out), "--model", str(tiny_model), "--task",
+                     "semantic", "--quiet", "--resume"]) == 0
+    assert cli.main(["predict", str(inputs), "--output", str(tmp_path / "o2"), "--model", str(tiny_model),
                      "--quiet"]) == 2
     assert "--task semantic" in capsys.readouterr().err

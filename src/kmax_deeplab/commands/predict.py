@@ -268,7 +268,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--save-format={args.save_format}: --task semantic writes label PNGs only "
                           "(see --label-ids)")
     predictor = _build_predictor(args)
-    model_task = getattr(predictor.cfg.model, "task", "panoptic")
+    from kmax_deeplab.modeling.families import task_of
+
+    model_task = task_of(predictor.cfg)
     if (args.task == "semantic") != (model_task == "semantic"):
         print(f"kmax predict: --task {args.task} needs a"
               + (" semantic model (model.task 'semantic')" if args.task == "semantic" else

@@ -160,7 +160,9 @@ class Predictor:
         self.geometry = self.family.input_geometry(cfg)
         self.canvas = tuple(int(s) for s in cfg.model.image_size)
         self.is_thing = [bool(self.meta.is_thing(i)) for i in range(self.meta.num_classes)]
-        self.task = getattr(cfg.model, "task", "panoptic")
+        from kmax_deeplab.modeling.families import task_of
+
+        self.task = task_of(cfg)
         self.semantic_test = None
         if self.task == "semantic":  # whole / sliding window / TTA settings of the config
             from kmax_deeplab.engine.semantic_inference import SemanticTestConfig

@@ -116,7 +116,10 @@ class SemanticTestConfig:
     @classmethod
     def from_config(cls, cfg: Any) -> "SemanticTestConfig":
         """The test settings of a run config: the fields of this class found in ``cfg.test``
-        (a section or a dict), else in ``cfg.postprocess``; missing fields keep the defaults.
+        (a section or a dict), else in ``cfg.postprocess``; ``img_scale``, when neither has it,
+        is ``cfg.model.image_size`` (the semantic K-Net's test scale ``(short, long)``; the
+        resize rule takes the larger side as the long bound, so the order does not matter);
+        other missing fields keep the defaults.
 
         Raises:
             ValueError: a value is invalid (the message names the field).
@@ -130,6 +133,9 @@ class SemanticTestConfig:
                 (f.name, getattr(section, f.name)) for f in dataclasses.fields(section)) \
                 if dataclasses.is_dataclass(section) else vars(section).items()
             found.update({k: v for k, v in items if k in names})
+        image_size = getattr(getattr(cfg, "model", None), "image_size", None)
+        if "img_scale" not in found and image_size is not None:
+            found["img_scale"] = tuple(image_size)
         return cls(**found)
 
     def augmentations(self) -> list[tuple[float, str | None]]:
