@@ -153,3 +153,18 @@ def test_config_from_sections_and_errors():
 def test_bad_model_output_is_named():
     with pytest.raises(ValueError, match="resized to the input"):
         semantic_inference(lambda x: x[:, :, ::2], np.zeros((8, 8, 3), np.uint8), SemanticTestConfig(img_scale=None))
+
+
+def test_config_of_the_knet_semantic_presets():
+    """The semantic K-Net presets: whole image at the 2048x512 test scale (their model.image_size)."""
+    from kmax_deeplab.config import load_config
+
+    for head in ("fcn", "upernet"):
+        cfg = SemanticTestConfig.from_config(load_config(f"ade20k/knet_r50_d8_{head}_512"))
+        assert (cfg.mode, cfg.flip, cfg.scales, cfg.align_corners) == ("whole", False, (1.0,), False)
+        assert scaled_test_size(480, 640, cfg, 1.0) == (512, 683)
+        assert scaled_test_size(480, 640, cfg, 1.0) == scaled_test_size(480, 640, SemanticTestConfig(), 1.0)
+    slide = SemanticTestConfig.from_config(load_config("ade20k/knet_r50_d8_upernet_512", [
+        "postprocess.mode=slide", "postprocess.flip=true", "postprocess.scales=[0.5,1.0]"]))
+    assert (slide.mode, slide.crop_size, slide.stride, slide.flip, slide.scales) == (
+        "slide", (512, 512), (341, 341), True, (0.5, 1.0))

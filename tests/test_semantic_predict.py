@@ -23,6 +23,7 @@ from kmax_deeplab.checkpoints.native import save_native
 from kmax_deeplab.config import apply_overrides, load_config
 from kmax_deeplab.data.catalog import get_dataset_meta
 from kmax_deeplab.data.coco_panoptic import COCOPanopticDataset
+from kmax_deeplab.data.semantic import build_semantic_transforms
 from kmax_deeplab.data.panoptic_semantic import (PanopticSemanticDataset, iter_semantic_labels,
                                                  panoptic_to_train_ids, prediction_stem)
 from kmax_deeplab.engine.predictor import Predictor
@@ -150,6 +151,13 @@ def test_semantic_targets_of_the_coco_sample(coco_sample):
             expected[255] = im["height"] * im["width"] - expected[:255].sum()
             np.testing.assert_array_equal(np.bincount(label.ravel(), minlength=256), expected)
     assert prediction_stem("frankfurt_000000_000294_gtFine_leftImg8bit.png") == "frankfurt_000000_000294_leftImg8bit"
+    # training use: mmseg's ADE20K pipeline (small scale) on the derived targets
+    train = PanopticSemanticDataset(pan, transforms=build_semantic_transforms(crop_size=(64, 96), scale=(256, 96)),
+                                    seed=3)
+    rec = train[0]
+    assert rec["image"].shape == (64, 96, 3) and rec["sem_seg"].shape == (64, 96)
+    assert set(np.unique(rec["sem_seg"]).tolist()) <= set(np.unique(labels["000000142238"]).tolist()) | {255}
+    assert np.array_equal(train[0]["sem_seg"], rec["sem_seg"])  # seeded per (seed, epoch, index)
 
 
 # ------------------------------------------------------------------ predictor and command

@@ -118,7 +118,8 @@ class SemanticTestConfig:
         """The test settings of a run config: the fields of this class found in ``cfg.test``
         (a section or a dict), else in ``cfg.postprocess``; ``img_scale``, when neither has it,
         is ``cfg.model.image_size`` (the semantic K-Net's test scale ``(short, long)``; the
-        resize rule takes the larger side as the long bound, so the order does not matter);
+        resize rule takes the larger side as the long bound, so the order does not matter) and
+        ``align_corners`` is ``cfg.model.align_corners`` when the model section has one;
         other missing fields keep the defaults.
 
         Raises:
@@ -133,9 +134,12 @@ class SemanticTestConfig:
                 (f.name, getattr(section, f.name)) for f in dataclasses.fields(section)) \
                 if dataclasses.is_dataclass(section) else vars(section).items()
             found.update({k: v for k, v in items if k in names})
-        image_size = getattr(getattr(cfg, "model", None), "image_size", None)
+        model = getattr(cfg, "model", None)
+        image_size = getattr(model, "image_size", None)
         if "img_scale" not in found and image_size is not None:
             found["img_scale"] = tuple(image_size)
+        if "align_corners" not in found and getattr(model, "align_corners", None) is not None:
+            found["align_corners"] = model.align_corners  # the semantic K-Net keeps it in its model section
         return cls(**found)
 
     def augmentations(self) -> list[tuple[float, str | None]]:
