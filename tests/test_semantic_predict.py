@@ -240,4 +240,10 @@ def test_predict_semantic_on_the_real_photos_then_evaluate(tiny_model, tmp_path,
                      "semantic", "--quiet", "--resume"]) == 0
     assert cli.main(["predict", str(inputs), "--output", str(tmp_path / "o2"), "--model", str(tiny_model),
                      "--quiet"]) == 2
-    assert "--task semantic" in capsys.readouterr().err
+    assert "use --task semantic" in capsys.readouterr().err
+    assert cli.main(["predict", str(inputs), "--output", str(tmp_path / "o3"), "--config", "synthetic/kmax_tiny",
+                     "--task", "semantic", "--quiet"]) == 2
+    assert "needs a semantic model" in capsys.readouterr().err
+    assert cli.main(["predict", str(inputs), "--output", str(tmp_path / "o4"), "--model", str(tiny_model),
+                     "--task", "semantic", "--save-format", "npz", "--quiet"]) == 2
+    assert "--save-format=npz" in capsys.readouterr().err

@@ -259,24 +259,26 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from kmax_deeplab.engine.predict_journal import check_output_folder
 
-    check_output_folder(args.output, resume=args.resume, overwrite=args.overwrite)
-    # Errors building the predictor (config, weights, zoo) follow the CLI error policy:
-    # one line; exit code 2 for config values, 1 for unusable files.
     if args.task == "semantic" and args.save_format != "coco":
         from kmax_deeplab.errors import ConfigError
 
         raise ConfigError(f"--save-format={args.save_format}: --task semantic writes label PNGs only "
                           "(see --label-ids)")
+    check_output_folder(args.output, resume=args.resume, overwrite=args.overwrite)
+    # Errors building the predictor (config, weights, zoo) follow the CLI error policy:
+    # one line; exit code 2 for config values, 1 for unusable files.
     predictor = _build_predictor(args)
     from kmax_deeplab.modeling.families import task_of
 
     model_task = task_of(predictor.cfg)
-    if (args.task == "semantic") != (model_task == "semantic"):
-        print(f"kmax predict: --task {args.task} needs a"
-              + (" semantic model (model.task 'semantic')" if args.task == "semantic" else
-                 f" {args.task} model; this one is semantic: use --task semantic")
-              + (f"; this {predictor.cfg.model.meta_architecture!r} model is {model_task!r}"
-                 if args.task == "semantic" else ""), file=sys.stderr)
+    arch = predictor.cfg.model.meta_architecture
+    if args.task == "semantic" and model_task != "semantic":
+        print(f"kmax predict: --task semantic needs a semantic model (model.task 'semantic', e.g. "
+              f"ade20k/knet_r50_d8_upernet_512); this {arch!r} model is {model_task!r}", file=sys.stderr)
+        return 2
+    if model_task == "semantic" and args.task != "semantic":
+        print(f"kmax predict: this {arch!r} model is a semantic model (model.task 'semantic'): "
+              "use --task semantic", file=sys.stderr)
         return 2
     if args.task == "instance" and getattr(predictor.cfg.model, "task", "panoptic") != "instance":
         print(f"kmax predict: --task instance needs an instance model (model.task 'instance', e.g. "

@@ -203,7 +203,8 @@ def slide_inference(model_fn: ModelFn, img: Tensor, crop_size: Sequence[int], st
     ``(h_idx, w_idx)`` starts at ``y1 = h_idx * h_stride``, ends at ``y2 = min(y1 + h_crop, H)``
     and then starts at ``max(y2 - h_crop, 0)``, so every window is ``h_crop`` tall (or ``H``
     when the image is smaller, fed without padding). Each pixel's logits are the mean over the
-    windows covering it.
+    windows covering it. A single window (the image fits the crop) returns its logits directly,
+    the same values without mmseg's zero-filled accumulator and count.
 
     Args:
         model_fn: ``[B, 3, h, w] -> [B, C, h, w]`` logits.
@@ -218,6 +219,8 @@ def slide_inference(model_fn: ModelFn, img: Tensor, crop_size: Sequence[int], st
     batch, _, h_img, w_img = img.shape
     h_grids = max(h_img - h_crop + h_stride - 1, 0) // h_stride + 1
     w_grids = max(w_img - w_crop + w_stride - 1, 0) // w_stride + 1
+    if h_grids == w_grids == 1:  # one window, the whole image: mmseg's (0 + logits) / 1, without the copies
+        return whole_inference(model_fn, img)
     preds: Tensor | None = None
     count = torch.zeros((batch, 1, h_img, w_img), dtype=torch.float32, device=img.device)
     for h_idx in range(h_grids):
