@@ -4,8 +4,8 @@ The model is ``ade20k/knet_r50_d8_upernet_512`` (ResNetV1c-50 at output stride 3
 kernel update stages, 150 classes; random weights, BN instead of the configs' SyncBN, eval, no
 auxiliary head at test time), run through
 :func:`kmax_deeplab.engine.semantic_inference.semantic_inference` exactly as ``kmax predict --task
-semantic`` runs it. Each ``--sizes`` entry ``HxW`` is an image already at the test scale (ADE20K's
-2048x512 bound: 512x512, or a 480x640 photo's 512x683), so no resize is timed. Modes:
+semantic`` runs it. Each ``--sizes`` entry ``HxW`` is fed at its size (no resize is timed); the
+defaults are at ADE20K's 2048x512 test scale (512x512, and a 480x640 photo's 512x683). Modes:
 ``whole`` (one forward of the image) and ``slide`` (mmseg's 512x512 windows every 341 pixels:
 1 window at 512x512, 2 at 512x683), interleaved so that load changes hit both alike. Reports the
 median wall time and the median process CPU time (steadier on a shared machine), and the
@@ -68,9 +68,10 @@ def main() -> None:
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(f"# {a.preset}{' (tiny: --quick)' if a.quick else ''}: {params:,} parameters (eval forward skips the "
           f"auxiliary head)")
-    modes = {"whole": SemanticTestConfig(mode="whole", img_scale=(2048, 512)),
-             "slide": SemanticTestConfig(mode="slide", crop_size=(512, 512), stride=(341, 341),
-                                         img_scale=(2048, 512))}
+    # img_scale=None: the image is fed at its size (512x512 and 512x683 are also fixed points of
+    # ADE20K's 2048x512 keep-ratio rule, so this is what the test pipeline feeds for them)
+    modes = {"whole": SemanticTestConfig(mode="whole", img_scale=None),
+             "slide": SemanticTestConfig(mode="slide", crop_size=(512, 512), stride=(341, 341), img_scale=None)}
     dtype = torch.bfloat16 if a.dtype == "bf16" else None
     calls = {"n": 0}
 

@@ -72,6 +72,12 @@ def test_label_png_palette_and_ids(tmp_path):
     np.testing.assert_array_equal(dataset_label_ids(ade)[:3], [1, 2, 3])  # reduce_zero_label: t + 1
     city = get_dataset_meta("cityscapes")
     assert dataset_label_ids(city)[:3].tolist() == [7, 8, 11]  # road, sidewalk, building label ids
+    from cityscapesscripts.helpers.labels import trainId2label  # the official colours, by train id
+
+    city_pal = np.asarray(label_palette(city), np.uint8).reshape(256, 3)
+    assert [tuple(c) for c in city_pal[:19]] == [trainId2label[t].color for t in range(19)]
+    city_ids = np.asarray(label_palette(city, "dataset"), np.uint8).reshape(256, 3)
+    assert [tuple(city_ids[trainId2label[t].id]) for t in range(19)] == [trainId2label[t].color for t in range(19)]
     assert dataset_label_ids(get_dataset_meta("coco"))[:2].tolist() == [1, 2]
 
     label = np.array([[0, 1, 149], [255, 2, 0]])
