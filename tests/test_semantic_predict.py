@@ -166,6 +166,56 @@ def test_semantic_targets_of_the_coco_sample(coco_sample):
     assert np.array_equal(train[0]["sem_seg"], rec["sem_seg"])  # seeded per (seed, epoch, index)
 
 
+def test_semantic_targets_of_the_cityscapes_sample(cityscapes_sample):
+    """The Cityscapes-panoptic sample (createPanopticImgs --use-train-id layout, a crowd car):
+    class pixel counts are the JSON's segment areas; the prediction stem is the image's."""
+    pan = COCOPanopticDataset(cityscapes_sample / "leftImg8bit",
+                              cityscapes_sample / "gtFine" / "cityscapes_panoptic_dummy_trainId.json",
+                              cityscapes_sample / "gtFine" / "cityscapes_panoptic_dummy_trainId",
+                              get_dataset_meta("cityscapes"))
+    ann = json.loads((cityscapes_sample / "gtFine" / "cityscapes_panoptic_dummy_trainId.json").read_text())
+    ann = ann["annotations"][0]
+    (stem, label), = list(iter_semantic_labels(pan))
+    assert stem == "dummy_000000_000000_leftImg8bit" and (pan.image_dir / f"{stem}.png").is_file()
+    for crowd in ("class", "ignore"):
+        label = dict(iter_semantic_labels(pan, crowd=crowd))[stem]
+        expected = np.zeros(256, np.int64)
+        for seg in ann["segments_info"]:  # category_id is the train id here
+            if not (crowd == "ignore" and seg["iscrowd"]):
+                expected[seg["category_id"]] += seg["area"]
+        expected[255] = label.size - expected[:255].sum()
+        np.testing.assert_array_equal(np.bincount(label.ravel(), minlength=256), expected)
+    np.testing.assert_array_equal(PanopticSemanticDataset(pan)[0]["sem_seg"], dict(iter_semantic_labels(pan))[stem])
+
+
+def test_evaluate_semantic_against_panoptic_gt(tmp_path, coco_sample, capsys):
+    """Predictions equal to the derived maps score 1; a crowd-blind prediction scores 1 only with
+    --crowd ignore; a missing prediction is one error line."""
+    sample = coco_sample / "sample_data"
+    pan = COCOPanopticDataset(sample / "input_images", sample / "panoptic_examples.json",
+                              sample / "panoptic_examples", get_dataset_meta("coco"))
+    args = ["evaluate", "--task", "semantic", "--gt-json", str(sample / "panoptic_examples.json"),
+            "--gt-folder", str(sample / "panoptic_examples"), "--dataset", "coco"]
+    for name, crowd in (("exact", "class"), ("blind", "ignore")):
+        (tmp_path / name).mkdir()
+        for stem, label in iter_semantic_labels(pan, crowd=crowd):
+            write_label_png(tmp_path / name / f"{stem}.png", label)
+    results = {}
+    for name in ("exact", "blind"):
+        for crowd in ("class", "ignore"):
+            out = tmp_path / f"{name}_{crowd}.json"
+            assert cli.main(args + ["--pred-folder", str(tmp_path / name), "--crowd", crowd, "--output", str(out)]) == 0
+            results[name, crowd] = json.loads(out.read_text())["semantic"]
+    assert results["exact", "class"]["mIoU"] == 1.0 and results["exact", "class"]["aAcc"] == 1.0
+    assert results["blind", "ignore"]["mIoU"] == 1.0
+    assert results["blind", "class"]["mIoU"] < 1.0 and results["blind", "class"]["aAcc"] < 1.0
+    (tmp_path / "exact" / "000000439180.png").unlink()
+    capsys.readouterr()
+    assert cli.main(args + ["--pred-folder", str(tmp_path / "exact")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "000000439180.png" in err[0]
+
+
 # ------------------------------------------------------------------ predictor and command
 @pytest.mark.slow
 def test_predictor_semantic_is_semantic_inference(tiny_model):
@@ -239,6 +289,16 @@ def test_predict_semantic_on_the_real_photos_then_evaluate(tiny_model, tmp_path,
     code = cli.main(["evaluate", "--task", "semantic", "--gt-folder", str(gt_dir), "--pred-folder", str(out),
                      "--num-classes", "133", "--output", str(res_path)])
     assert code == 0 and json.loads(res_path.read_text())["semantic"]["mIoU"] == pytest.approx(ref["mIoU"], abs=1e-12)
+
+    # --label-ids dataset: the COCO category ids of the same prediction
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copy(inputs / "000000439180.jpg", one)
+    assert cli.main(["predict", str(one), "--output", str(tmp_path / "ids"), "--model", str(tiny_model), "--task",
+                     "semantic", "--label-ids", "dataset", "--no-overlay", "--quiet"]) == 0
+    with Image.open(tmp_path / "ids" / "000000439180.png") as im:
+        np.testing.assert_array_equal(np.array(im), dataset_label_ids(meta)[pred(str(one / "000000439180.jpg"))["semantic"]])
+    assert not (tmp_path / "ids" / "000000439180_overlay.jpg").exists()
 
     # resume: nothing left to do, the files stay; a panoptic task on a semantic model is refused
     (inputs / "corrupt.jpg").unlink()
