@@ -38,7 +38,7 @@ PRESET = "ade20k/knet_r50_d8_fcn_512"
 TINY = ["model.backbone=resnet_tiny", "model.head_channels=32", "model.updator_dim=16", "model.ffn_dim=32",
         "model.num_heads=2", "model.aux_channels=16", "model.norm=BN", "model.num_classes=133",
         "model.num_queries=133", "data.dataset=coco", "model.image_size=[96,128]",
-        "postprocess.mode=slide", "postprocess.crop_size=[48,64]", "postprocess.stride=[40,40]"]
+        "postprocess.mode=slide", "postprocess.crop_size=[48,64]", "postprocess.stride=[40,48]"]
 
 
 @pytest.fixture
@@ -222,7 +222,7 @@ def test_predictor_semantic_is_semantic_inference(tiny_model):
     pred = Predictor.from_pretrained(tiny_model, channels_last=False)
     cfg = pred.cfg
     test = pred.semantic_test
-    assert (test.mode, test.crop_size, test.stride, test.img_scale) == ("slide", (48, 64), (40, 40), (96, 128))
+    assert (test.mode, test.crop_size, test.stride, test.img_scale) == ("slide", (48, 64), (40, 48), (96, 128))
     img = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
     out = pred.predict_semantic(img, probabilities=True)
     with torch.inference_mode():
@@ -258,16 +258,28 @@ def test_predict_semantic_on_the_real_photos_then_evaluate(tiny_model, tmp_path,
     gt = COCOPanopticDataset(sample / "input_images", sample / "panoptic_examples.json",
                              sample / "panoptic_examples", meta)
     acc = SemSegAccumulator(133)
+    predicted = {}
     for stem, label in iter_semantic_labels(gt):
         with Image.open(out / f"{stem}.png") as im:
             assert im.mode == "P"
             np.testing.assert_array_equal(np.asarray(im.getpalette(), np.uint8).reshape(-1, 3)[:133], pal[:133])
             written = np.array(im)
-        expected = pred(str(inputs / f"{stem}.jpg"))["semantic"]
+        expected = predicted[stem] = pred(str(inputs / f"{stem}.jpg"))["semantic"]
         np.testing.assert_array_equal(written, expected)
         with Image.open(out / f"{stem}_overlay.jpg") as ov:
             assert ov.size == (label.shape[1], label.shape[0])
         acc.update(written, label.astype(np.int64))
+    # in-training validation: the same inference and metric, from the dataset adapter
+    from kmax_deeplab.engine.distributed import DistInfo
+    from kmax_deeplab.engine.validation import SemanticValidation
+
+    validate = SemanticValidation(pred.cfg, PanopticSemanticDataset(gt))
+    pred.model.train()
+    scores = validate(pred.model, DistInfo())
+    assert pred.model.training  # restored
+    pred.model.eval()
+    ref_metrics = acc.compute()
+    assert scores == {k: pytest.approx(100 * ref_metrics[k], abs=1e-9) for k in ("mIoU", "mAcc", "aAcc")}
     listing = json.loads((out / "predictions.json").read_text())
     assert sorted(a["file_name"] for a in listing["annotations"]) == ["000000142238.png", "000000439180.png"]
 
@@ -297,7 +309,7 @@ def test_predict_semantic_on_the_real_photos_then_evaluate(tiny_model, tmp_path,
     assert cli.main(["predict", str(one), "--output", str(tmp_path / "ids"), "--model", str(tiny_model), "--task",
                      "semantic", "--label-ids", "dataset", "--no-overlay", "--quiet"]) == 0
     with Image.open(tmp_path / "ids" / "000000439180.png") as im:
-        np.testing.assert_array_equal(np.array(im), dataset_label_ids(meta)[pred(str(one / "000000439180.jpg"))["semantic"]])
+        np.testing.assert_array_equal(np.array(im), dataset_label_ids(meta)[predicted["000000439180"]])
     assert not (tmp_path / "ids" / "000000439180_overlay.jpg").exists()
 
     # resume: nothing left to do, the files stay; a panoptic task on a semantic model is refused

@@ -105,6 +105,8 @@ class PanopticSemanticDataset(Dataset):
         return {"image": rec["image"], "sem_seg": sem, "file_name": rec["file_name"], "image_id": rec["image_id"],
                 "height": rec["height"], "width": rec["width"]}
 
+    load = load_record  # the name SemanticSegDataset uses (SemanticValidation reads either)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.load_record(index)
         if self.transforms is not None:
