@@ -258,7 +258,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--task", choices=("panoptic", "semantic"), default="panoptic",
                    help="semantic: mIoU / per-class IoU / pixel accuracy of label PNGs in --pred-folder "
                         "against --gt-folder, identical to mmsegmentation's definition (ignore label, "
-                        "NaN for classes absent from both)")
+                        "NaN for classes absent from both); with --gt-json the ground truth is a "
+                        "COCO-panoptic JSON + PNG folder (--gt-folder) whose semantic maps (train ids of "
+                        "--dataset, void 255) are derived, predictions <image stem>.png in train ids")
     p.add_argument("--num-classes", type=int, default=None,
                    help="--task semantic: number of classes K (default with --dataset ade20k: 150)")
     p.add_argument("--ignore-index", type=int, default=255, help="--task semantic: GT value ignored (255)")
