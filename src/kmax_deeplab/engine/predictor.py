@@ -108,7 +108,9 @@ def dataset_meta(cfg: Any):
 
 
 class Predictor:
-    """Panoptic prediction for images of any size with a mask-transformer model.
+    """Panoptic prediction for images of any size with a mask-transformer model; for a semantic
+    model (``model.task == "semantic"``) semantic prediction (:meth:`predict_semantic`, also what
+    calling it returns).
 
     Example:
         >>> predictor = Predictor.from_zoo("kmax_r50_coco")  # doctest: +SKIP
