@@ -80,6 +80,14 @@ def test_label_png_palette_and_ids(tmp_path):
     assert [tuple(city_ids[trainId2label[t].id]) for t in range(19)] == [trainId2label[t].color for t in range(19)]
     assert dataset_label_ids(get_dataset_meta("coco"))[:2].tolist() == [1, 2]
 
+    coco = get_dataset_meta("coco")  # panopticapi's category colours, at train id / category id
+    official = json.loads((Path(__file__).parent / "data" / "coco_panoptic_panopticapi_sample" /
+                           "panoptic_coco_categories.json").read_text())
+    coco_pal = np.asarray(label_palette(coco), np.uint8).reshape(256, 3)
+    coco_ids = np.asarray(label_palette(coco, "dataset"), np.uint8).reshape(256, 3)
+    assert [tuple(c) for c in coco_pal[:133]] == [tuple(c["color"]) for c in official]
+    assert all(tuple(coco_ids[c["id"]]) == tuple(c["color"]) for c in official)
+
     label = np.array([[0, 1, 149], [255, 2, 0]])
     write_label_png(tmp_path / "a.png", label, label_palette(ade))
     with Image.open(tmp_path / "a.png") as im:
