@@ -10,6 +10,7 @@ mmdet (ZwwWayne/K-Net)                                     ours (:class:`kmax_de
 ``backbone.conv1.weight``, ``backbone.bn1.*``              ``backbone.stem.conv1.weight``, ``….norm.*``
 ``backbone.layer{s}.{b}.conv{k}.weight`` / ``bn{k}.*``     ``backbone.res{s+1}.{b}.conv{k}.weight`` / ``.norm.*``
 ``backbone.layer{s}.{b}.downsample.{0,1}.*``               ``backbone.res{s+1}.{b}.shortcut.{weight,norm.*}``
+``backbone.layer{s}.{b}.conv2.conv_offset.*`` (DCN)        ``backbone.res{s+1}.{b}.conv2.conv_offset.*``
 ``neck.lateral_convs.{i}.conv.*``, ``neck.fpn_convs.…``    ``neck.lateral_convs.{i}.*``, ``neck.output_convs.{i}.*``
 ``rpn_head.localization_fpn.convs_all_levels.{L}.conv{j}`` ``kernel_head.localization_fpn.levels.{L}.{2j}``
 ``rpn_head.localization_fpn.conv_pred`` / ``aux_convs.0``  ``kernel_head.localization_fpn.loc_out`` / ``sem_out``
@@ -60,6 +61,8 @@ MMDET_TO_OURS = (
     Row(r"backbone\.layer(?P<s>\d)\.(?P<b>\d+)\.downsample\.0\.weight", "backbone.res{s:+1}.{b}.shortcut.weight"),
     Row(rf"backbone\.layer(?P<s>\d)\.(?P<b>\d+)\.downsample\.1\.{_BN}",
         "backbone.res{s:+1}.{b}.shortcut.norm.{p}"),
+    Row(r"backbone\.layer(?P<s>\d)\.(?P<b>\d+)\.conv2\.conv_offset\.(?P<p>weight|bias)",
+        "backbone.res{s:+1}.{b}.conv2.conv_offset.{p}"),
     Row(r"neck\.lateral_convs\.(?P<i>\d)\.conv\.(?P<p>weight|bias)", "neck.lateral_convs.{i}.{p}"),
     Row(r"neck\.fpn_convs\.(?P<i>\d)\.conv\.(?P<p>weight|bias)", "neck.output_convs.{i}.{p}"),
     Row(rf"{_LFPN}\.convs_all_levels\.(?P<L>\d)\.conv(?P<j>\d)\.conv\.weight",
@@ -90,6 +93,8 @@ OURS_TO_MMDET = (
     Row(r"backbone\.res(?P<s>\d)\.(?P<b>\d+)\.shortcut\.weight", "backbone.layer{s:-1}.{b}.downsample.0.weight"),
     Row(rf"backbone\.res(?P<s>\d)\.(?P<b>\d+)\.shortcut\.norm\.{_BN}",
         "backbone.layer{s:-1}.{b}.downsample.1.{p}"),
+    Row(r"backbone\.res(?P<s>\d)\.(?P<b>\d+)\.conv2\.conv_offset\.(?P<p>weight|bias)",
+        "backbone.layer{s:-1}.{b}.conv2.conv_offset.{p}"),
     Row(r"neck\.lateral_convs\.(?P<i>\d)\.(?P<p>weight|bias)", "neck.lateral_convs.{i}.conv.{p}"),
     Row(r"neck\.output_convs\.(?P<i>\d)\.(?P<p>weight|bias)", "neck.fpn_convs.{i}.conv.{p}"),
     Row(r"kernel_head\.localization_fpn\.levels\.(?P<L>\d)\.(?P<j>[02468])\.conv\.weight",

@@ -144,8 +144,9 @@ def _max_coco(variant: str, size: int) -> Config:
     Adam (eps 1e-7, no weight decay), LR 1e-3 (L: 3e-4), 5k linear warmup from 0 then poly 0.9,
     0.1x LR on the ImageNet-pretrained encoder part (deeplab2's name rule), batch 64, 100k steps
     (the 100k configs; 200k / 400k: ``solver.max_iters``), random scale 0.5-1.5 and crop at the
-    canvas, flip. Not in the deeplab2 recipe and therefore off: colour jitter, copy-paste (L
-    adds AutoAugment, not implemented here). Area limits scale with the canvas (§4).
+    canvas, flip; L adds deeplab2's AutoAugment ``simple_classification_policy`` and the
+    small-instance semantic weight 3 (thing segments under 4096 px). Not in the deeplab2 recipe
+    and therefore off: colour jitter, copy-paste. Area limits scale with the canvas (§4).
     """
     small = size == 641
     return Config(
@@ -154,7 +155,9 @@ def _max_coco(variant: str, size: int) -> Config:
                              num_classes=133, num_queries=128, image_size=(size, size), drop_path_keep_prob=0.8,
                              aux_semantic="decoder"),
         data=DataConfig(dataset="coco", crop_size=(size, size), min_scale=0.5, max_scale=1.5,
-                        color_jitter=False, copy_paste=False),
+                        color_jitter=False, copy_paste=False,
+                        autoaugment="" if variant == "s" else "simple_classification_policy",
+                        small_instance_weight=1.0 if variant == "s" else 3.0, small_instance_threshold=4096),
         loss=MaXLossConfig(),
         solver=SolverConfig(batch_size=64, max_iters=100_000, base_lr=1e-3 if variant == "s" else 3e-4,
                             optimizer="adam", eps=1e-7, weight_decay=0.0, warmup_iters=5000, warmup_factor=0.0,
@@ -194,24 +197,25 @@ def _max_tiny() -> Config:
 _KNET_EPOCH = 7393
 
 
-def _knet(backbone: str, schedule: str, task: str) -> Config:
+def _knet(backbone: str, schedule: str, task: str, dcn: str = "none") -> Config:
     """K-Net on COCO: AdamW 1e-4, wd 0.05, backbone x0.25, clip 1, 1000-step linear warmup
     from 0.001x, step decay x0.1 (1x: 12 epochs, steps at 8 and 11; ms-3x: 36 epochs, steps
     at 27 and 33), batch 16.
 
     Training sizes come from the family's geometry (``model.train_short``, long side <= 1333,
-    flips); ``data.crop_size`` and the scale jitter are kMaX's and unused here.
+    flips); ``data.crop_size`` and the scale jitter are kMaX's and unused here. ``dcn="DCN"``:
+    the R-101-DCN configs (``knet_s3_r101_dcn-c3-c5_*``: mmcv's deformable conv v1 in res3..res5).
     """
     from kmax_deeplab.modeling.knet.config import KNetLossConfig, KNetModelConfig, KNetPostProcessConfig
 
     epochs, steps = (12, (8, 11)) if schedule == "1x" else (36, (27, 33))
     panoptic = task == "panoptic"
-    short = "r50" if backbone == "resnet50" else "r101"
+    short = ("r50" if backbone == "resnet50" else "r101") + ("" if dcn == "none" else "_dcn")
     return Config(
         name=f"coco/knet_{short}_fpn_{schedule}" + ("" if panoptic else "_instance"),
         model=KNetModelConfig(backbone=backbone, task=task, num_classes=133 if panoptic else 80,
                               num_queries=100, image_size=(800, 1333),
-                              train_short=(800, 800) if schedule == "1x" else (640, 800)),
+                              train_short=(800, 800) if schedule == "1x" else (640, 800), dcn=dcn),
         data=DataConfig(dataset="coco", crop_size=(800, 1333),
                         min_scale=1.0 if schedule == "1x" else 0.8, max_scale=1.0,
                         color_jitter=False, copy_paste=False),
@@ -314,6 +318,7 @@ for _task, _suffix in (("panoptic", ""), ("instance", "_instance")):
     for _bb, _sched in (("resnet50", "1x"), ("resnet50", "ms3x"), ("resnet101", "ms3x")):
         _n = f"coco/knet_{'r50' if _bb == 'resnet50' else 'r101'}_fpn_{_sched}{_suffix}"
         PRESETS[_n] = (lambda bb=_bb, sc=_sched, t=_task: _knet(bb, sc, t))
+    PRESETS[f"coco/knet_r101_dcn_fpn_ms3x{_suffix}"] = (lambda t=_task: _knet("resnet101", "ms3x", t, dcn="DCN"))
 for _head in ("fcn", "pspnet", "deeplabv3", "upernet"):
     PRESETS[f"ade20k/knet_r50_d8_{_head}_512"] = (lambda h=_head: _knet_semantic(h))
 for _size in ("tiny", "small", "base", "large"):

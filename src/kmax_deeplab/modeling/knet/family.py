@@ -23,7 +23,8 @@ def build_model(cfg: Any):
     model = build_knet(task=m.task, backbone=m.backbone, num_classes=m.num_classes,
                        num_thing_classes=m.num_thing_classes, num_kernels=m.num_queries, num_stages=m.num_stages,
                        channels=m.hidden_dim, num_heads=m.num_heads, ffn_channels=m.ffn_dim,
-                       num_groups=m.num_groups, frozen_stages=m.frozen_stages, norm_eval=m.norm_eval)
+                       num_groups=m.num_groups, frozen_stages=m.frozen_stages, norm_eval=m.norm_eval,
+                       dcn=None if m.dcn == "none" else m.dcn, stage_with_dcn=m.stage_with_dcn)
     if m.norm == "SyncBN":
         import torch
 

@@ -147,7 +147,8 @@ def _up2(x: Tensor) -> Tensor:
 def build_knet(*, task: str = "panoptic", backbone: str = "resnet50", num_classes: Optional[int] = None,
                num_thing_classes: int = 80, num_kernels: int = 100, num_stages: int = 3,
                channels: int = 256, num_heads: int = 8, ffn_channels: int = 2048,
-               num_groups: int = 32, frozen_stages: int = 1, norm_eval: bool = True) -> KNet:
+               num_groups: int = 32, frozen_stages: int = 1, norm_eval: bool = True,
+               dcn: Optional[str] = None, stage_with_dcn: Sequence[bool] = (False, True, True, True)) -> KNet:
     """Build K-Net with fresh weights.
 
     Args:
@@ -161,9 +162,12 @@ def build_knet(*, task: str = "panoptic", backbone: str = "resnet50", num_classe
         num_stages: kernel update stages (3).
         channels, num_heads, ffn_channels, num_groups: widths (256, 8, 2048, 32).
         frozen_stages, norm_eval: backbone freezing (mmdet; 1 and True).
+        dcn: None, ``"DCN"`` (mmcv v1, what K-Net's R-101-DCN configs use) or ``"DCNv2"``: the
+            3×3 convs of the ResNet stages flagged by ``stage_with_dcn`` (res2..res5) become
+            deformable (``resnet50`` / ``resnet101`` / ``resnet_tiny``).
 
     Raises:
-        ValueError: unknown task or backbone, or ``num_thing_classes > num_classes``.
+        ValueError: unknown task, backbone or ``dcn``, or ``num_thing_classes > num_classes``.
     """
     from kmax_deeplab.modeling.backbones.resnet import resnet_mmdet, resnet_tiny
 
@@ -173,10 +177,11 @@ def build_knet(*, task: str = "panoptic", backbone: str = "resnet50", num_classe
         num_classes = 133 if task == "panoptic" else num_thing_classes
     if num_thing_classes > num_classes:
         raise ValueError(f"num_thing_classes {num_thing_classes} > num_classes {num_classes}")
+    deform = dict(dcn=dcn, stage_with_dcn=tuple(stage_with_dcn)) if dcn is not None else {}
     if backbone in ("resnet50", "resnet101"):
-        net = resnet_mmdet(int(backbone[6:]), frozen_stages=frozen_stages, norm_eval=norm_eval)
+        net = resnet_mmdet(int(backbone[6:]), frozen_stages=frozen_stages, norm_eval=norm_eval, **deform)
     elif backbone == "resnet_tiny":
-        net = resnet_tiny(bn_eps=1e-5, bn_momentum=0.1, frozen_stages=frozen_stages, norm_eval=norm_eval)
+        net = resnet_tiny(bn_eps=1e-5, bn_momentum=0.1, frozen_stages=frozen_stages, norm_eval=norm_eval, **deform)
     else:
         raise ValueError(f"unknown K-Net backbone {backbone!r}; expected resnet50, resnet101 or resnet_tiny")
     neck = FPN([net.feature_spec(n).channels for n in FPN_FEATURES], channels)
