@@ -39,10 +39,9 @@ def _converted(head: str):
     mm = ours_to_mmseg(model.state_dict())
     assert all(k.startswith(("backbone.", "decode_head.kernel_generate_head.", "decode_head.kernel_update_head.",
                              "auxiliary_head.")) for k in mm)
-    target = seeded_knet_semantic(head)  # a fresh model to load into
-    with torch.no_grad():
-        for p in target.parameters():
-            p.zero_()
+    from kmax_deeplab.modeling.knet_semantic import build_knet_semantic
+
+    target = build_knet_semantic(decode_head=head)  # a fresh model to load into
     target.load_state_dict(mmseg_to_ours({k: torch.from_numpy(v) for k, v in mm.items()}, target, strict=True))
     return target.eval()
 
@@ -87,15 +86,15 @@ def test_fixture_records_the_measured_errors():
 def test_wrong_checkpoints_refused_in_one_line():
     from kmax_deeplab.modeling.knet_semantic import build_knet_semantic
 
-    shapes = {k: tuple(v.shape) for k, v in build_knet_semantic(decode_head="upernet").state_dict().items()}
-    fcn = {k: np.zeros(v, np.float32) for k, v in
-           ((k, v.shape) for k, v in ours_to_mmseg(build_knet_semantic(decode_head="fcn", num_classes=3,
-                                                                      auxiliary_head=False).state_dict()).items())}
+    tiny = dict(backbone="resnet_tiny", head_channels=16, updator_dim=8, ffn_dim=8, num_heads=2, aux_channels=8)
+    shapes = {k: tuple(v.shape) for k, v in build_knet_semantic(decode_head="upernet", **tiny).state_dict().items()}
+    fcn = {k: np.zeros(v.shape, np.float32) for k, v in
+           ours_to_mmseg(build_knet_semantic(decode_head="fcn", num_classes=3, **tiny).state_dict()).items()}
     with pytest.raises(CheckpointMismatchError, match=r"holds a K-Net \+ FCN, but the model is K-Net \+ UPerNet; "
                                                       r"use model.decode_head=fcn") as e:
         mmseg_to_ours(fcn, shapes, source="x.pth")
     assert "\n" not in str(e.value)
-    fcn_shapes = {k: tuple(v.shape) for k, v in build_knet_semantic(decode_head="fcn").state_dict().items()}
+    fcn_shapes = {k: tuple(v.shape) for k, v in build_knet_semantic(decode_head="fcn", **tiny).state_dict().items()}
     with pytest.raises(CheckpointMismatchError, match="x.pth has 3 classes, but the model has 150"):
         mmseg_to_ours(fcn, fcn_shapes, source="x.pth")
     mmdet = {"rpn_head.conv_seg.weight": np.zeros((133, 256, 1, 1), np.float32),
