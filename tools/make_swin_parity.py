@@ -1,0 +1,95 @@
+"""Regenerate the Swin parity fixture ``tests/data/parity/swin/`` from mmdet 2.28.2's SwinTransformer.
+
+What it does (nothing here runs at test time; the tests only read the fixture):
+
+1. builds our Swin-T (``tests/swin_test_utils.seeded_swin``: seed 0, randomised norms, biases and
+   relative position bias tables) and writes it in the OFFICIAL Swin layout
+   (``{"model": ...}``, as microsoft/Swin-Transformer files) with
+   ``kmax_deeplab.checkpoints.swin.ours_to_official`` plus the ``relative_position_index`` buffers;
+2. runs ``REF_DIR/run_swin_ref.py`` in ``REF_PYTHON``: mmdet 2.28.2 (mmcv 1.7.2, no compiled ops)
+   converts that file with its own ``swin_converter`` (K-Net's ``convert_weights=True`` path),
+   loads it strictly into its ``SwinTransformer`` (embed 96, depths 2/2/6/2, heads 3/6/12/24,
+   window 7, drop path 0.2) and runs a seeded 1x3x100x130 input (no side a multiple of 28);
+   it also counts the parameters of mmdet's Swin-T / Swin-L and of K-Net's
+   ``knet_s3_swin-l_fpn_ms-3x_16x2_coco-panoptic.py`` (and the instance R-50 config with that
+   backbone) built on CPU;
+3. compares our outputs on the FULL stage tensors and prints the relative errors;
+4. stores ``tests/swin_test_utils.summarise`` of the reference outputs (``swin_t.npz``) and
+   ``meta.json`` (reference commit, errors, parameter counts).
+
+usage (repository root, project venv):
+    PYTHONPATH=src python tools/make_swin_parity.py --ref-dir /work/refs/swin \
+        --ref-python /work/refs/venv-knet/bin/python [--out tests/data/parity/swin]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from swin_test_utils import parity_image, seeded_swin, summarise  # noqa: E402
+
+from kmax_deeplab.checkpoints.swin import official_to_ours, ours_to_official  # noqa: E402
+from kmax_deeplab.modeling.backbones.swin import relative_position_index  # noqa: E402
+
+REF = "mmdet 2.28.2 (mmdet/models/backbones/swin.py, utils/ckpt_convert.py swin_converter); " \
+      "K-Net ZwwWayne/K-Net@5e50ee5 configs; mmcv 1.7.2"
+
+
+def official_state(model) -> dict[str, torch.Tensor]:
+    """Our seeded model in the official layout, with the relative_position_index buffers it stores."""
+    off = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in ours_to_official(model.state_dict()).items()}
+    for k in list(off):
+        if k.endswith(".attn.relative_position_bias_table"):
+            off[k.replace("relative_position_bias_table", "relative_position_index")] = relative_position_index(7)
+    return off
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ref-dir", type=Path, required=True)
+    ap.add_argument("--ref-python", required=True)
+    ap.add_argument("--out", type=Path, default=REPO / "tests/data/parity/swin")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    model = seeded_swin("tiny")
+    off = official_state(model)
+    # our own converter must read the file back unchanged
+    back = official_to_ours(off, model, classifier=False)
+    assert all(torch.equal(back[k], v) for k, v in model.state_dict().items())
+    x = parity_image()
+    with torch.no_grad():
+        ours = {k: v.numpy() for k, v in model(x).items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        torch.save({"model": off}, tmp / "swin_t.pth")
+        np.save(tmp / "x.npy", x.numpy())
+        subprocess.run([args.ref_python, str(args.ref_dir / "run_swin_ref.py"), str(tmp / "swin_t.pth"),
+                        str(tmp / "x.npy"), str(tmp / "ref.npz"), "tiny"], check=True)
+        ref = dict(np.load(tmp / "ref.npz"))
+        counts = json.load(open(tmp / "ref.json"))
+    errors = {}
+    for k, r in ref.items():
+        errors[k] = float(np.abs(ours[k] - r).max() / np.abs(r).max())
+        print(f"{k}: shape {r.shape} max rel err {errors[k]:.2e}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(args.out / "swin_t.npz", **summarise(ref))
+    meta = {"reference": REF, "case": "Swin-T seeded (tests/swin_test_utils.seeded_swin, seed 0), input "
+            "parity_image() 1x3x100x130, official layout converted by mmdet's swin_converter",
+            "max_rel_error_ours_vs_ref": errors, "parameter_counts": counts}
+    (args.out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    print(json.dumps(counts))
+
+
+if __name__ == "__main__":
+    main()
