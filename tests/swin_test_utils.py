@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from kmax_deeplab.modeling.backbones.swin import SwinTransformer, swin
+from kmax_deeplab.checkpoints.swin import ours_to_official
+from kmax_deeplab.modeling.backbones.swin import SwinTransformer, relative_position_index, swin
 
 PARITY_DIR = Path(__file__).resolve().parent / "data" / "parity" / "swin"
 #: Input of the parity case: 3 x 100 x 130, no side a multiple of 4 x 7 (window padding at every stage).
@@ -65,3 +66,53 @@ def summarise(feats: dict[str, np.ndarray], seed: int = 0) -> dict[str, np.ndarr
         out[f"{name}_stats"] = np.array([f.astype(np.float64).sum(), (f.astype(np.float64) ** 2).sum()])
         out[f"{name}_shape"] = np.array(f.shape)
     return out
+
+
+def official_classifier_checkpoint(backbone: nn.Module, num_classes: int = 21841) -> dict:
+    """``{"model": ...}`` of ``backbone`` in the layout of the official ImageNet Swin files
+    (microsoft/Swin-Transformer, e.g. ``swin_large_patch4_window7_224_22k.pth``): no ``norm{i}``;
+    the classifier ``head.*``, the final ``norm.*``, and the ``relative_position_index`` (every
+    block) / ``attn_mask`` (shifted blocks, 224² geometry: 64 windows) buffers those files hold."""
+    off = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in ours_to_official(backbone.state_dict()).items()
+           if not k.startswith("norm")}
+    for k in list(off):
+        if k.endswith(".attn.relative_position_bias_table"):
+            side = int(round((off[k].shape[0] ** 0.5 + 1) / 2))
+            off[k.replace("relative_position_bias_table", "relative_position_index")] = relative_position_index(side)
+            if int(k.split(".")[3]) % 2:
+                off[k.replace("attn.relative_position_bias_table", "attn_mask")] = torch.zeros(64, side ** 2, side ** 2)
+    dim = off["layers.3.blocks.0.norm1.weight"].shape[0]
+    off.update({"norm.weight": torch.ones(dim), "norm.bias": torch.zeros(dim),
+                "head.weight": torch.zeros(num_classes, dim), "head.bias": torch.zeros(num_classes)})
+    return {"model": off}
+
+
+#: The K-Net Swin-T case: the real COCO photo of the K-Net fixtures, resized to 62 x 93 (canvas 64 x 96).
+KNET_IMAGE_SIZE = (62, 93)
+
+
+@torch.no_grad()
+def seeded_knet_swin(seed: int = 0):
+    """Panoptic K-Net on Swin-T (``build_knet(backbone="swin_t")``, drop path 0.2, nothing frozen) with
+    :func:`knet_test_utils.randomise_knet`'s norms and biases and N(0, 1) position-bias tables; eval mode."""
+    from knet_test_utils import randomise_knet
+
+    from kmax_deeplab.modeling.knet import build_knet
+
+    torch.manual_seed(seed)
+    model = build_knet(backbone="swin_t", backbone_drop_path=0.2, frozen_stages=-1)
+    randomise_knet(model, seed + 1)
+    g = torch.Generator().manual_seed(seed + 2)
+    for name, p in model.named_parameters():
+        if name.endswith("relative_position_bias_table"):
+            p.copy_(torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
+def knet_photo() -> np.ndarray:
+    """float32 ``[62, 93, 3]`` RGB 0..255: the bundled COCO photo 000000142238 resized (PIL bilinear)."""
+    from PIL import Image
+
+    photo = Path(__file__).resolve().parents[1] / "src/kmax_deeplab/assets/coco_sample/000000142238.jpg"
+    img = Image.open(photo).convert("RGB").resize(KNET_IMAGE_SIZE[::-1], Image.BILINEAR)
+    return np.asarray(img).astype(np.float32)

@@ -19,7 +19,7 @@ from kmax_deeplab.checkpoints.swin import (
 from kmax_deeplab.checkpoints.table import CheckpointMismatchError
 from kmax_deeplab.modeling.backbones import swin as swin_mod
 from kmax_deeplab.modeling.backbones.swin import relative_position_index, shifted_window_mask, swin
-from swin_test_utils import PARITY_DIR, parity_image, seeded_swin, summarise
+from swin_test_utils import PARITY_DIR, official_classifier_checkpoint, parity_image, seeded_swin, summarise
 
 META = json.loads((PARITY_DIR / "meta.json").read_text())
 COUNTS = META["parameter_counts"]
@@ -93,28 +93,12 @@ def test_stage_outputs_equal_mmdet(monkeypatch):
     assert check(model) > 1e-3
 
 
-def _official_classifier(model) -> dict[str, torch.Tensor]:
-    """An official ImageNet-classifier state dict of ``model``: no norm{i}; head, final norm and
-    the attn_mask / relative_position_index buffers the official files hold."""
-    off = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in ours_to_official(model.state_dict()).items()
-           if not k.startswith("norm")}
-    for k in list(off):
-        if k.endswith(".attn.relative_position_bias_table"):
-            off[k.replace("relative_position_bias_table", "relative_position_index")] = relative_position_index(7)
-            blk = int(k.split(".")[3])
-            if blk % 2:
-                off[k.replace("attn.relative_position_bias_table", "attn_mask")] = torch.zeros(64, 49, 49)
-    off.update({"norm.weight": torch.ones(768), "norm.bias": torch.zeros(768),
-                "head.weight": torch.zeros(21841, 768), "head.bias": torch.zeros(21841)})
-    return {"model": off}
-
-
 def test_imagenet_importer_official_layout(tmp_path):
     """The official checkpoint layout ({"model": ...}, head/norm/attn_mask/relative_position_index)
     loads strictly; norm0..3 keep their initialisation; anything else missing or extra is refused."""
     torch.manual_seed(0)
     src = seeded_swin("tiny")
-    ckpt = _official_classifier(src)
+    ckpt = official_classifier_checkpoint(src)
     path = tmp_path / "swin_tiny_patch4_window7_224.pth"
     torch.save(ckpt, path)
     dst = swin("tiny", drop_path=0.2)

@@ -12,10 +12,11 @@ What it does (nothing here runs at test time; the tests only read the fixture):
    window 7, drop path 0.2) and runs a seeded 1x3x100x130 input (no side a multiple of 28);
    it also counts the parameters of mmdet's Swin-T / Swin-L and of K-Net's
    ``knet_s3_swin-l_fpn_ms-3x_16x2_coco-panoptic.py`` (and the instance R-50 config with that
-   backbone) built on CPU;
+   backbone) built on CPU, and the state-dict names / shapes of that K-Net Swin-L;
 3. compares our outputs on the FULL stage tensors and prints the relative errors;
 4. stores ``tests/swin_test_utils.summarise`` of the reference outputs (``swin_t.npz``) and
-   ``meta.json`` (reference commit, errors, parameter counts).
+   ``meta.json`` (reference commit, errors, parameter counts) and
+   ``knet_swin_l_panoptic_keys.json.gz`` (the original K-Net Swin-L's 541 state-dict entries).
 
 usage (repository root, project venv):
     PYTHONPATH=src python tools/make_swin_parity.py --ref-dir /work/refs/swin \
@@ -25,6 +26,7 @@ usage (repository root, project venv):
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import subprocess
 import sys
@@ -37,7 +39,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from swin_test_utils import parity_image, seeded_swin, summarise  # noqa: E402
+from knet_test_utils import checksums, subsample  # noqa: E402
+from swin_test_utils import knet_photo, parity_image, seeded_knet_swin, seeded_swin, summarise  # noqa: E402
+
+from kmax_deeplab.checkpoints.mmdet import load_mmdet_checkpoint, save_mmdet  # noqa: E402
+from kmax_deeplab.modeling.knet.postprocess import knet_panoptic_inference  # noqa: E402
 
 from kmax_deeplab.checkpoints.swin import official_to_ours, ours_to_official  # noqa: E402
 from kmax_deeplab.modeling.backbones.swin import relative_position_index  # noqa: E402
@@ -53,6 +59,44 @@ def official_state(model) -> dict[str, torch.Tensor]:
         if k.endswith(".attn.relative_position_bias_table"):
             off[k.replace("relative_position_bias_table", "relative_position_index")] = relative_position_index(7)
     return off
+
+
+def up2(x: np.ndarray) -> np.ndarray:
+    return torch.nn.functional.interpolate(torch.from_numpy(x), scale_factor=2, mode="bilinear",
+                                           align_corners=False).numpy()
+
+
+def knet_case(args, tmp: Path) -> tuple[dict, dict]:
+    """K-Net Swin-T panoptic: ours vs the original (the Swin-L config with Swin-T dims), every stage."""
+    model = seeded_knet_swin()
+    save_mmdet(model.state_dict(), tmp / "knet_swin_t.pth", meta={"task": "panoptic"})
+    model.load_state_dict(load_mmdet_checkpoint(tmp / "knet_swin_t.pth", model), strict=True)
+    image = knet_photo()
+    np.save(tmp / "photo.npy", image)
+    subprocess.run([args.ref_python, str(args.ref_dir / "run_knet_swin_ref.py"), str(tmp / "knet_swin_t.pth"),
+                    str(tmp / "photo.npy"), str(tmp / "knet_ref.npz"), "tiny"], check=True)
+    ref = dict(np.load(tmp / "knet_ref.npz"))
+    with torch.no_grad():
+        out = model(torch.from_numpy(image).permute(2, 0, 1)[None])
+        feats = model.backbone(model.normalize(torch.from_numpy(image).permute(2, 0, 1)[None]))
+    mine = {"head_masks": out["init_all_masks"], "head_semantic": out["semantic_logits"]}
+    for s, o in enumerate(out["aux_outputs"] + [out]):
+        mine[f"s{s}_cls"], mine[f"s{s}_masks"] = o["pred_logits"], o["pred_masks"]
+    mine.update({f"res{i}": feats[f"res{i}"] for i in range(2, 6)})
+    pairs = {"head_masks": up2(ref["head_masks_s8"]), "head_semantic": up2(ref["head_semantic_s8"])}
+    for s in range(3):
+        pairs[f"s{s}_cls"], pairs[f"s{s}_masks"] = ref[f"s{s}_cls"], up2(ref[f"s{s}_masks_s8"])
+    pairs.update({f"res{i}": ref[f"res{i}"] for i in range(2, 6)})
+    golden, errors = {"pan_results": ref["pan_results"].astype(np.int32)}, {}
+    for k, r in pairs.items():
+        errors[k] = float(np.abs(mine[k].numpy() - r).max() / max(np.abs(r).max(), 1e-12))
+        golden[f"{k}.val"], golden[f"{k}.sum"], golden[f"{k}.shape"] = subsample(r)[1], checksums(r), np.array(r.shape)
+    pan, segs = knet_panoptic_inference(out["pred_logits"][0], out["pred_masks"][0], num_thing_classes=80,
+                                        num_kernels=100, canvas_size=out["canvas_size"], valid_size=image.shape[:2],
+                                        output_size=image.shape[:2])
+    print("K-Net Swin-T max |ours - ref| / max |ref|:", json.dumps(errors))
+    print("panoptic segments:", len(segs), "reference ids:", np.unique(ref["pan_results"]).tolist())
+    return golden, errors
 
 
 def main() -> None:
@@ -78,6 +122,8 @@ def main() -> None:
                         str(tmp / "x.npy"), str(tmp / "ref.npz"), "tiny"], check=True)
         ref = dict(np.load(tmp / "ref.npz"))
         counts = json.load(open(tmp / "ref.json"))
+        keys = json.load(open(tmp / "ref_keys.json"))
+        knet_golden, knet_errors = knet_case(args, tmp)
     errors = {}
     for k, r in ref.items():
         errors[k] = float(np.abs(ours[k] - r).max() / np.abs(r).max())
@@ -86,7 +132,13 @@ def main() -> None:
     np.savez_compressed(args.out / "swin_t.npz", **summarise(ref))
     meta = {"reference": REF, "case": "Swin-T seeded (tests/swin_test_utils.seeded_swin, seed 0), input "
             "parity_image() 1x3x100x130, official layout converted by mmdet's swin_converter",
-            "max_rel_error_ours_vs_ref": errors, "parameter_counts": counts}
+            "max_rel_error_ours_vs_ref": errors,
+            "knet_case": "panoptic K-Net on Swin-T (tests/swin_test_utils.seeded_knet_swin, seed 0; the original's "
+            "Swin-L config with Swin-T dims), knet_photo() 62x93, weights through save_mmdet, loaded strictly",
+            "knet_max_rel_error_ours_vs_ref": knet_errors, "parameter_counts": counts}
+    np.savez_compressed(args.out / "knet_swin_t.npz", **knet_golden)
+    with gzip.open(args.out / "knet_swin_l_panoptic_keys.json.gz", "wt") as f:
+        json.dump(keys, f, indent=0, sort_keys=True)
     (args.out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     print(json.dumps(counts))
 

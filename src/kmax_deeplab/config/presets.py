@@ -225,6 +225,32 @@ def _knet(backbone: str, schedule: str, task: str) -> Config:
     )
 
 
+# The Swin-L config trains on 16 GPUs x 2 images: 32 per step -> 3,697 steps per epoch.
+_KNET_SWIN_EPOCH = 3697
+
+
+def _knet_swin_l(task: str) -> Config:
+    """K-Net Swin-L ms-3x (``configs/det/knet/knet_s3_swin-l_fpn_ms-3x_16x2_coco-panoptic.py``): the ms-3x
+    recipe of :func:`_knet` with mmdet's Swin-L (window 7, drop path 0.2, nothing frozen; ImageNet-22k
+    init ``swin_large_patch4_window7_224_22k.pth``), FPN on 192/384/768/1536 channels, batch 32 (16 x 2),
+    so 36 epochs are 36 x 3,697 steps with the decay at epochs 27 and 33; LR and backbone 0.25x as R-50.
+
+    The original ships the panoptic config only; ``task="instance"`` is ours (80 thing classes, the
+    instance R-50 ms-3x head on this backbone).
+    """
+    cfg = _knet("resnet50", "ms3x", task)
+    cfg.name = "coco/knet_swin_l_fpn_ms3x" + ("" if task == "panoptic" else "_instance")
+    cfg.model.backbone = "swin_l"
+    cfg.model.backbone_drop_path = 0.2
+    cfg.model.frozen_stages = -1
+    cfg.model.norm_eval = False
+    s = cfg.solver
+    s.batch_size = 32
+    s.max_iters = 36 * _KNET_SWIN_EPOCH
+    s.lr_steps = (27 * _KNET_SWIN_EPOCH, 33 * _KNET_SWIN_EPOCH)
+    return cfg
+
+
 def _knet_tiny(task: str = "panoptic") -> Config:
     """A small K-Net for tests: synthetic data (4 thing + 3 stuff classes), 128x128, CPU-trainable."""
     from kmax_deeplab.modeling.knet.config import KNetLossConfig, KNetModelConfig, KNetPostProcessConfig
@@ -284,6 +310,7 @@ for _task, _suffix in (("panoptic", ""), ("instance", "_instance")):
     for _bb, _sched in (("resnet50", "1x"), ("resnet50", "ms3x"), ("resnet101", "ms3x")):
         _n = f"coco/knet_{'r50' if _bb == 'resnet50' else 'r101'}_fpn_{_sched}{_suffix}"
         PRESETS[_n] = (lambda bb=_bb, sc=_sched, t=_task: _knet(bb, sc, t))
+    PRESETS[f"coco/knet_swin_l_fpn_ms3x{_suffix}"] = (lambda t=_task: _knet_swin_l(t))
 for _size in ("tiny", "small", "base", "large"):
     _bb = f"convnext_{_size}"
     _factories = {
