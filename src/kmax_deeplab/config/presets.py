@@ -278,6 +278,36 @@ def _knet_tiny(task: str = "panoptic") -> Config:
     )
 
 
+def _knet_semantic(decode_head: str) -> Config:
+    """The semantic K-Net R-50 on ADE20K (``configs/seg/knet/knet_s3_{head}_r50-d8_80k_adamw_ade20k.py``):
+    AdamW 1e-4, weight decay 5e-4 on every parameter, gradient clipping at L2 norm 1, linear
+    warmup over 1000 steps from 0.001x, step decay x0.1 at 60k and 72k, 80k steps, batch 16
+    (8 x 2); crops 512x512 from a 0.5-2.0 ratio resize of 2048x512; test at 2048x512 keep-ratio,
+    whole image. ResNetV1c-50 at output stride 8 (32 for UPerNet); SyncBN as the configs."""
+    from kmax_deeplab.modeling.knet_semantic.config import (
+        KNetSemanticLossConfig,
+        KNetSemanticModelConfig,
+        KNetSemanticPostProcessConfig,
+    )
+
+    name = f"ade20k/knet_r50_d8_{decode_head}_512"
+    return Config(
+        name=name,
+        model=KNetSemanticModelConfig(backbone="resnet50_v1c", decode_head=decode_head, num_classes=150,
+                                      num_queries=150, image_size=(512, 2048), norm="SyncBN"),
+        data=DataConfig(dataset="ade20k", root="datasets/ADEChallengeData2016", train_image_dir="images/training",
+                        val_image_dir="images/validation", crop_size=(512, 512), min_scale=0.5, max_scale=2.0,
+                        color_jitter=True, copy_paste=False),
+        loss=KNetSemanticLossConfig(stage_weight=1.0, aux_weight=0.4, ignore_label=255, avg_non_ignore=False),
+        solver=SolverConfig(batch_size=16, max_iters=80_000, base_lr=1e-4, weight_decay=5e-4,
+                            backbone_lr_multiplier=1.0, warmup_iters=1000, warmup_factor=0.001,
+                            optimizer="adamw", lr_schedule="warmup_step", lr_steps=(60_000, 72_000),
+                            lr_gamma=0.1, clip_grad_norm=1.0, checkpoint_period=8000, eval_period=8000,
+                            output_dir="runs/knet_semantic"),
+        postprocess=KNetSemanticPostProcessConfig(mode="whole"),
+    )
+
+
 def _named(factory: Callable[[], Config], name: str) -> Callable[[], Config]:
     def build() -> Config:
         cfg = factory()
@@ -311,6 +341,8 @@ for _task, _suffix in (("panoptic", ""), ("instance", "_instance")):
         _n = f"coco/knet_{'r50' if _bb == 'resnet50' else 'r101'}_fpn_{_sched}{_suffix}"
         PRESETS[_n] = (lambda bb=_bb, sc=_sched, t=_task: _knet(bb, sc, t))
     PRESETS[f"coco/knet_swin_l_fpn_ms3x{_suffix}"] = (lambda t=_task: _knet_swin_l(t))
+for _head in ("fcn", "pspnet", "deeplabv3", "upernet"):
+    PRESETS[f"ade20k/knet_r50_d8_{_head}_512"] = (lambda h=_head: _knet_semantic(h))
 for _size in ("tiny", "small", "base", "large"):
     _bb = f"convnext_{_size}"
     _factories = {

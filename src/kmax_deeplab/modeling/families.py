@@ -21,6 +21,7 @@ from torch import nn
 from kmax_deeplab.modeling.kmax.family import KMAX
 from kmax_deeplab.modeling.max_deeplab.family import MAX_DEEPLAB
 from kmax_deeplab.modeling.knet.family import KNET
+from kmax_deeplab.modeling.knet_semantic.family import KNET_SEMANTIC
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,10 @@ class Family:
             :class:`~kmax_deeplab.modeling.sections.ModelConfig`; also ``"loss"``,
             ``"postprocess"``): the YAML sections this family owns.
         build_model: ``cfg -> nn.Module`` taking ``[B, 3, H, W]`` float RGB 0..255 (the
-            family's geometry) and returning a ``MaskTransformerOutput``.
+            family's geometry) and returning a ``MaskTransformerOutput`` (panoptic / instance
+            tasks) or, for ``tasks == ("semantic",)``, in eval mode a dict with ``sem_seg``
+            float32 logits ``[B, C, H, W]`` at the input size (the contract of
+            ``engine/semantic_inference.py``).
         build_criterion: ``cfg -> criterion(outputs, targets) -> dict[str, Tensor]`` of
             already-weighted scalar loss terms.
         postprocess: ``(output, *, cfg, is_thing, train_id_to_category_id, canvas_size,
@@ -43,7 +47,8 @@ class Family:
             tensor (0 = void), ``segments_info`` (COCO-panoptic dicts), with
             ``semantic=True`` also ``semantic`` ``[Ho, Wo]`` int64 train ids, and for families
             with an instance task optionally ``instances`` (list of ``{"mask" [Ho, Wo] bool,
-            "category_id", "score"}``).
+            "category_id", "score"}``). A semantic-only family's raises ValueError (its
+            model's ``sem_seg`` logits are the prediction).
         input_geometry: ``cfg -> geometry`` (:mod:`kmax_deeplab.geometry`): resize / pad /
             normalisation of images, read by the predictor, transforms and collate.
         build_optimizer: ``(model, cfg) -> torch.optim.Optimizer`` (with the family's
@@ -64,6 +69,8 @@ class Family:
         full_resolution_targets: the criterion takes the collated full-resolution targets
             (``masks``, ``labels``, ``is_crowd``, ``void``) instead of the stride-subsampled
             ones (K-Net resizes them bilinearly itself).
+        tasks: the values of ``model.task`` the family serves (the first is the default of
+            a model section without ``task``): ``"panoptic"``, ``"instance"``, ``"semantic"``.
     """
 
     name: str
@@ -82,13 +89,15 @@ class Family:
     mask_activation: str = "softmax"
     mask_stride: int = 4
     full_resolution_targets: bool = False
+    tasks: tuple[str, ...] = ("panoptic",)
 
 
-#: ``meta_architecture`` -> :class:`Family`. MaX-DeepLab and K-Net add their rows here.
+#: ``meta_architecture`` -> :class:`Family`.
 FAMILIES: dict[str, Family] = {
     "kmax": Family(**KMAX),
     "max_deeplab": Family(**MAX_DEEPLAB),
     "knet": Family(**KNET),
+    "knet_semantic": Family(**KNET_SEMANTIC),
 }
 
 
@@ -110,4 +119,10 @@ def family_of(cfg: Any) -> Family:
     return get_family(cfg.model.meta_architecture)
 
 
-__all__ = ["FAMILIES", "Family", "family_of", "get_family"]
+def task_of(cfg: Any) -> str:
+    """The task a run config's model serves: ``cfg.model.task`` when the section has one, else
+    its family's first task (kMaX, MaX-DeepLab: ``"panoptic"``)."""
+    return str(getattr(cfg.model, "task", None) or family_of(cfg).tasks[0])
+
+
+__all__ = ["FAMILIES", "Family", "family_of", "get_family", "task_of"]

@@ -157,4 +157,5 @@ KNET = dict(
     mask_activation="sigmoid",
     mask_stride=4,
     full_resolution_targets=True,
+    tasks=TASKS,
 )

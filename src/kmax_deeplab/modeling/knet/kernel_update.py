@@ -114,12 +114,13 @@ class StageOutput(NamedTuple):
     """One update stage's prediction.
 
     Attributes:
-        cls_logits: ``[B, N, C]`` per-class sigmoid logits (no background logit).
+        cls_logits: ``[B, N, C]`` per-class sigmoid logits (no background logit); None for a
+            stage built without the class branch (``with_cls=False``, the semantic K-Net).
         mask_logits: ``[B, N, h, w]`` mask logits at the feature stride (8).
         kernels: ``[B, N, D]`` updated kernels K_i, the next stage's input.
     """
 
-    cls_logits: Tensor
+    cls_logits: Tensor | None
     mask_logits: Tensor
     kernels: Tensor
 
@@ -145,35 +146,51 @@ class KernelUpdateHead(nn.Module):
         num_cls_fcs, num_mask_fcs: depth of the class / mask FC stacks (1, 1).
         gather: ``"binary"`` or ``"softmax"`` group-feature weights (see above).
         mask_threshold: sigmoid threshold of the binary weights (0.5).
+        with_cls: build the class branch (``cls_fcs``, ``fc_cls``); the semantic K-Net's
+            stage has none (``knet/seg/kernel_update_head.py``: ``mask_fcs`` / ``fc_mask``
+            only) and returns ``cls_logits=None``.
+        updator_channels: width U of the :class:`KernelUpdator` (default D). With U < D
+            (U divides D) every D-d kernel and group feature is cut into D/U consecutive
+            U-d pieces updated independently by the one updator and concatenated again, as
+            the original's ``reshape(-1, in_channels)`` does (the semantic K-Net + FCN: 512-d
+            kernels, a 256-d updator; knet.md §13).
 
     Raises:
-        ValueError: unknown ``gather``.
+        ValueError: unknown ``gather``; ``updator_channels`` not dividing ``channels``.
     """
 
     def __init__(self, num_classes: int, *, channels: int = 256, num_heads: int = 8,
                  ffn_channels: int = 2048, num_cls_fcs: int = 1, num_mask_fcs: int = 1,
-                 gather: str = "binary", mask_threshold: float = 0.5) -> None:
+                 gather: str = "binary", mask_threshold: float = 0.5, with_cls: bool = True,
+                 updator_channels: int | None = None) -> None:
         super().__init__()
         if gather not in GATHER_MODES:
             raise ValueError(f"unknown gather mode {gather!r}; expected one of {GATHER_MODES}")
+        u = channels if updator_channels is None else int(updator_channels)
+        if u <= 0 or channels % u:
+            raise ValueError(f"updator_channels ({u}) must divide channels ({channels})")
         self.num_classes = num_classes
         self.channels = channels
+        self.updator_channels = u
+        self.with_cls = with_cls
         self.gather = gather
         self.mask_threshold = mask_threshold
         self.feat_transform = nn.Conv2d(channels, channels, 1)
-        self.updator = KernelUpdator(channels, channels, channels)
+        self.updator = KernelUpdator(u, u, u)
         self.attention = nn.MultiheadAttention(channels, num_heads, dropout=0.0)
         self.attention_norm = nn.LayerNorm(channels, eps=NORM_EPS)
         self.ffn = FFN(channels, ffn_channels)
         self.ffn_norm = nn.LayerNorm(channels, eps=NORM_EPS)
-        self.cls_fcs = _fc_norm_relu(channels, num_cls_fcs)
-        self.fc_cls = nn.Linear(channels, num_classes)
+        if with_cls:
+            self.cls_fcs = _fc_norm_relu(channels, num_cls_fcs)
+            self.fc_cls = nn.Linear(channels, num_classes)
         self.mask_fcs = _fc_norm_relu(channels, num_mask_fcs)
         self.fc_mask = nn.Linear(channels, channels)
         for p in self.parameters():
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
-        nn.init.constant_(self.fc_cls.bias, prior_bias(0.01))
+        if with_cls:
+            nn.init.constant_(self.fc_cls.bias, prior_bias(0.01))
 
     def group_weights(self, masks: Tensor) -> Tensor:
         """Assembling weights ``[B, N, h, w]`` of mask logits ``[B, N, h, w]`` (no gradient)."""
@@ -191,23 +208,32 @@ class KernelUpdateHead(nn.Module):
                 when the sizes differ.
 
         Returns:
-            :class:`StageOutput` with ``mask_logits`` at ``(h, w)``.
+            :class:`StageOutput` with ``mask_logits`` at ``(h, w)`` (``cls_logits`` None
+            without the class branch).
         """
         x = self.feat_transform(x)
         if masks.shape[-2:] != x.shape[-2:]:
             masks = F.interpolate(masks, x.shape[-2:], mode="bilinear", align_corners=False)
         weights = self.group_weights(masks)
         group_feats = torch.einsum("bnhw,bchw->bnc", weights, x)
-        obj = self.updator(group_feats, kernels)  # [B, N, D]
+        u = self.updator_channels
+        if u == self.channels:
+            obj = self.updator(group_feats, kernels)  # [B, N, D]
+        else:  # D/U pieces per kernel, one updator (the original's reshape(-1, in_channels))
+            b, n, d = group_feats.shape
+            obj = self.updator(group_feats.reshape(b, n, d // u, u), kernels.reshape(b, n, d // u, u))
+            obj = obj.reshape(b, n, d)
         seq = obj.transpose(0, 1)  # [N, B, D], sequence first
         seq = self.attention_norm(seq + self.attention(seq, seq, seq, need_weights=False)[0])
         obj = self.ffn_norm(self.ffn(seq.transpose(0, 1)))
-        cls_feat, mask_feat = obj, obj
-        for layer in self.cls_fcs:
-            cls_feat = layer(cls_feat)
+        cls_logits, mask_feat = None, obj
+        if self.with_cls:
+            cls_feat = obj
+            for layer in self.cls_fcs:
+                cls_feat = layer(cls_feat)
+            cls_logits = self.fc_cls(cls_feat)
         for layer in self.mask_fcs:
             mask_feat = layer(mask_feat)
-        cls_logits = self.fc_cls(cls_feat)
         mask_kernels = self.fc_mask(mask_feat)  # [B, N, D]
         new_masks = torch.einsum("bnc,bchw->bnhw", mask_kernels, x)
         return StageOutput(cls_logits, new_masks, obj)
