@@ -141,3 +141,51 @@ def test_knet_swin_t_equals_original():
     assert sorted(s["category_id"] for s in segs) == sorted(int(v) % 1000 for v in np.unique(pan) if v != 133)
     for seg in segs:
         assert np.unique(pan[ids.numpy() == seg["id"]]).size == 1
+
+
+SEMANTIC = json.loads((PARITY_DIR / "meta.json").read_text())["semantic_counts"]
+
+
+@pytest.mark.parametrize("preset,key", [("ade20k/knet_swin_t_upernet_512", "swin_t"),
+                                        ("ade20k/knet_swin_l_upernet_640", "swin_l")])
+def test_semantic_swin_presets_equal_original(preset, key):
+    """Semantic K-Net + UPerNet on Swin: parameter counts (with and without the auxiliary head) and the
+    weight-decay groups equal the original configs built with mmseg 0.30 / mmcv 1.7.2's optimizer
+    constructor (paramwise ``absolute_pos_embed`` / ``relative_position_bias_table`` / ``norm``: no decay)."""
+    cfg = get_preset(preset)
+    family = get_family(cfg.model.meta_architecture)
+    family.check_config(cfg)
+    with torch.device("meta"):
+        model = family.build_model(cfg)
+    ref = SEMANTIC[key]
+    assert _count(model) == ref["total"]
+    assert _count(model) - _count(model.auxiliary_head) == ref["without_aux"]
+    assert _count(model.backbone) == ref["backbone"]
+    opt = family.build_optimizer(model, cfg)
+    groups = {wd: [p for g in opt.param_groups if g["weight_decay"] == wd for p in g["params"]] for wd in (0.0, 5e-4)}
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(groups[0.0]) + len(groups[5e-4])
+    assert (len(groups[0.0]), sum(p.numel() for p in groups[0.0])) == (ref["no_decay_tensors"], ref["no_decay_elements"])
+    assert (len(groups[5e-4]), sum(p.numel() for p in groups[5e-4])) == (ref["decay_tensors"], ref["decay_elements"])
+    assert (cfg.solver.base_lr, cfg.solver.betas, cfg.solver.weight_decay) == (6e-5, (0.9, 0.999), 5e-4)
+    assert cfg.data.crop_size == tuple(ref["crop"]) and cfg.model.image_size == (ref["crop"][0], 2048)
+    assert cfg.model.backbone_drop_path == (0.3 if key == "swin_t" else 0.4)
+
+
+def test_semantic_swin_refuses_dilated_heads():
+    cfg = get_preset("ade20k/knet_swin_t_upernet_512")
+    cfg.model.decode_head = "fcn"
+    with pytest.raises(ValueError, match="output stride 32"):
+        get_family(cfg.model.meta_architecture).check_config(cfg)
+
+
+@pytest.mark.slow
+def test_semantic_swin_t_forward():
+    """The semantic K-Net + UPerNet on Swin-T gives ``sem_seg`` logits at the input size (eval)."""
+    from kmax_deeplab.modeling.knet_semantic.model import build_knet_semantic
+
+    torch.manual_seed(0)
+    model = build_knet_semantic(backbone="swin_t", decode_head="upernet", num_classes=150, num_stages=1,
+                                backbone_drop_path=0.3).eval()
+    with torch.no_grad():
+        out = model(torch.rand(1, 3, 70, 90) * 255)
+    assert out["sem_seg"].shape == (1, 150, 70, 90) and torch.isfinite(out["sem_seg"]).all()

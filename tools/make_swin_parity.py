@@ -12,7 +12,10 @@ What it does (nothing here runs at test time; the tests only read the fixture):
    window 7, drop path 0.2) and runs a seeded 1x3x100x130 input (no side a multiple of 28);
    it also counts the parameters of mmdet's Swin-T / Swin-L and of K-Net's
    ``knet_s3_swin-l_fpn_ms-3x_16x2_coco-panoptic.py`` (and the instance R-50 config with that
-   backbone) built on CPU, and the state-dict names / shapes of that K-Net Swin-L;
+   backbone) built on CPU, and the state-dict names / shapes of that K-Net Swin-L; it runs
+   ``REF_DIR/run_knet_swin_ref.py`` (the original panoptic K-Net on Swin-T dims, every stage, on a
+   real photo) and ``REF_DIR/count_sem.py`` (the semantic K-Net + UPerNet Swin-T / Swin-L 640
+   parameter counts and mmcv's no-decay parameter groups);
 3. compares our outputs on the FULL stage tensors and prints the relative errors;
 4. stores ``tests/swin_test_utils.summarise`` of the reference outputs (``swin_t.npz``) and
    ``meta.json`` (reference commit, errors, parameter counts) and
@@ -124,6 +127,9 @@ def main() -> None:
         counts = json.load(open(tmp / "ref.json"))
         keys = json.load(open(tmp / "ref_keys.json"))
         knet_golden, knet_errors = knet_case(args, tmp)
+        sem = subprocess.run([args.ref_python, str(args.ref_dir / "count_sem.py")], check=True, capture_output=True,
+                             text=True).stdout
+        semantic = {k: {a: b for a, b in v.items() if a != "optimizer"} for k, v in json.loads(sem).items()}
     errors = {}
     for k, r in ref.items():
         errors[k] = float(np.abs(ours[k] - r).max() / np.abs(r).max())
@@ -135,10 +141,16 @@ def main() -> None:
             "max_rel_error_ours_vs_ref": errors,
             "knet_case": "panoptic K-Net on Swin-T (tests/swin_test_utils.seeded_knet_swin, seed 0; the original's "
             "Swin-L config with Swin-T dims), knet_photo() 62x93, weights through save_mmdet, loaded strictly",
-            "knet_max_rel_error_ours_vs_ref": knet_errors, "parameter_counts": counts}
+            "knet_max_rel_error_ours_vs_ref": knet_errors,
+            "semantic_case": "K-Net + UPerNet on Swin-T (knet_s3_upernet_swin-t_80k_adamw_ade20k.py) and Swin-L 640 "
+            "(..._swin-l_80k_adamw_640x640_ade20k.py), with mmseg 0.30's SwinTransformer standing in for the "
+            "Swin-Transformer-Semantic-Segmentation class the configs name; optimizer groups by mmcv 1.7.2's "
+            "DefaultOptimizerConstructor with the configs' paramwise_cfg",
+            "semantic_counts": semantic, "parameter_counts": counts}
     np.savez_compressed(args.out / "knet_swin_t.npz", **knet_golden)
-    with gzip.open(args.out / "knet_swin_l_panoptic_keys.json.gz", "wt") as f:
-        json.dump(keys, f, indent=0, sort_keys=True)
+    with open(args.out / "knet_swin_l_panoptic_keys.json.gz", "wb") as raw, \
+            gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:  # mtime 0: the same bytes on every run
+        f.write(json.dumps(keys, indent=0, sort_keys=True).encode())
     (args.out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     print(json.dumps(counts))
 

@@ -308,6 +308,26 @@ def _knet_semantic(decode_head: str) -> Config:
     )
 
 
+def _knet_semantic_swin(size: str, crop: int) -> Config:
+    """The semantic K-Net + UPerNet on Swin (``configs/seg/knet/knet_s3_upernet_swin-{t,l}_80k_adamw[_640x640]_ade20k.py``):
+    the UPerNet R-50 recipe of :func:`_knet_semantic` with Swin-T (drop path 0.3) or Swin-L (640²: drop path
+    0.4, crops 640x640 from a 2048x640 ratio resize, test at 2048x640), AdamW lr 6e-5, betas (0.9, 0.999),
+    weight decay 5e-4 except the Swin configs' ``paramwise_cfg`` keys (``absolute_pos_embed``,
+    ``relative_position_bias_table``, ``norm``: no decay); ImageNet init from the official
+    ``swin_tiny_patch4_window7_224.pth`` / ``swin_large_patch4_window7_224_22k.pth`` (``kmax convert --from imagenet``)."""
+    cfg = _knet_semantic("upernet")
+    cfg.name = f"ade20k/knet_swin_{size}_upernet_{crop}"
+    m = cfg.model
+    m.backbone = f"swin_{size}"
+    m.backbone_drop_path = 0.3 if size == "t" or crop == 512 else 0.4
+    m.no_decay_keys = ("absolute_pos_embed", "relative_position_bias_table", "norm")
+    m.image_size = (crop, 2048)
+    cfg.data.crop_size = (crop, crop)
+    cfg.solver.base_lr = 6e-5
+    cfg.solver.betas = (0.9, 0.999)
+    return cfg
+
+
 def _named(factory: Callable[[], Config], name: str) -> Callable[[], Config]:
     def build() -> Config:
         cfg = factory()
@@ -343,6 +363,8 @@ for _task, _suffix in (("panoptic", ""), ("instance", "_instance")):
     PRESETS[f"coco/knet_swin_l_fpn_ms3x{_suffix}"] = (lambda t=_task: _knet_swin_l(t))
 for _head in ("fcn", "pspnet", "deeplabv3", "upernet"):
     PRESETS[f"ade20k/knet_r50_d8_{_head}_512"] = (lambda h=_head: _knet_semantic(h))
+PRESETS["ade20k/knet_swin_t_upernet_512"] = lambda: _knet_semantic_swin("t", 512)
+PRESETS["ade20k/knet_swin_l_upernet_640"] = lambda: _knet_semantic_swin("l", 640)
 for _size in ("tiny", "small", "base", "large"):
     _bb = f"convnext_{_size}"
     _factories = {
