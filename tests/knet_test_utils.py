@@ -58,6 +58,49 @@ def seeded_knet(task: str = "panoptic", seed: int = 0) -> KNet:
     return model.eval()
 
 
+#: target std (pixels) of each deformable conv's offsets on the calibration image
+OFFSET_PIXELS = 1.0
+
+
+def seeded_knet_dcn(task: str = "panoptic", seed: int = 0) -> KNet:
+    """Full-size K-Net R-101-DCN (``dcn="DCN"`` in res3..res5) with seeded weights, eval mode.
+
+    As :func:`seeded_knet`; then every deformable conv's offset branch gets weights ~ N(0, 1)
+    and biases ~ N(0, 0.5²), and, in one forward pass over a fixed 128×192 gradient image,
+    each branch's weight is scaled by the power of two that brings its offsets' std nearest to
+    ``OFFSET_PIXELS`` (the randomised BNs make the res4 activations grow ~50× over its 23
+    blocks, so one fixed std would push every sample outside the map; a power of two keeps the
+    result exactly reproducible). The zero initialisation would make the layer a plain conv.
+    """
+    import math
+
+    from kmax_deeplab.modeling.backbones.resnet import DeformConv2dNorm
+
+    torch.manual_seed(seed)
+    model = build_knet(task=task, backbone="resnet101", dcn="DCN")
+    randomise_knet(model, seed + 1)
+    g = torch.Generator().manual_seed(seed + 2)
+    layers = [m for m in model.modules() if isinstance(m, DeformConv2dNorm)]
+    with torch.no_grad():
+        for m in layers:
+            m.conv_offset.weight.copy_(torch.randn(m.conv_offset.weight.shape, generator=g))
+            m.conv_offset.bias.copy_(0.5 * torch.randn(m.conv_offset.bias.shape, generator=g))
+
+    def calibrate(m, args):
+        std = float(m.conv_offset(args[0]).std())
+        m.conv_offset.weight.mul_(2.0 ** round(math.log2(OFFSET_PIXELS / std)))
+
+    hooks = [m.register_forward_pre_hook(calibrate) for m in layers]
+    ramp = torch.linspace(0, 255, 192)
+    image = torch.stack([ramp.expand(128, 192), ramp.flip(0).expand(128, 192),
+                         torch.linspace(0, 255, 128)[:, None].expand(128, 192)])[None]
+    with torch.no_grad():
+        model.eval()(image)
+    for h in hooks:
+        h.remove()
+    return model.eval()
+
+
 def subsample(x: np.ndarray, limit: int = 2000) -> tuple[np.ndarray, np.ndarray]:
     """``(flat indices, values)`` of at most ``limit`` evenly strided entries of ``x`` (float32)."""
     flat = np.asarray(x, dtype=np.float32).reshape(-1)

@@ -17,6 +17,10 @@ Supported files (read safely by :func:`~kmax_deeplab.checkpoints.safe_load.load_
 - timm ConvNeXt: ``stem.{0,1}``, ``stages.{i}.downsample.{0,1}``, ``stages.{i}.blocks.{j}.
   {conv_dw, norm, mlp.fc1, mlp.fc2, gamma}`` -> ours; ``head.*``/``norm_pre.*`` dropped.
 
+Deformable-conv offset branches (``res{s}.{b}.conv2.conv_offset.*`` of a ResNet with ``dcn``)
+are not in any ImageNet file: they keep their zero initialisation (the layer starts as the plain
+3×3 conv whose weight the file gives), as mmdet's ``load_checkpoint`` leaves them.
+
 Both ResNet backbones (``resnet50`` and ``resnet50_deeplab2``) use these names, so either
 accepts an ImageNet ResNet-50 (the deeplab2 one was pretrained with TF's own ResNet; a
 torchvision initialisation of it is only an initialisation).
@@ -121,12 +125,19 @@ def convert_imagenet(state: Mapping[str, np.ndarray | torch.Tensor], target: tor
     fmt = detect_imagenet_format(list(arrays))
     rows, ignored = IMAGENET_TABLES[fmt]
     converted, origin, unmatched = apply_rows(arrays, rows, ignored=ignored)
-    return check_against_target(converted, target_shapes(target), source=f"{source} ({fmt})",
+    shapes = {k: v for k, v in target_shapes(target).items() if not _is_new_layer(k)}
+    return check_against_target(converted, shapes, source=f"{source} ({fmt})",
                                 unmatched=unmatched, origin=origin, strict=strict)
 
 
+def _is_new_layer(name: str) -> bool:
+    """Backbone entries no ImageNet file has: deformable-conv offset branches (module docstring)."""
+    return ".conv_offset." in name
+
+
 def load_imagenet_backbone(path: str | Path, backbone: torch.nn.Module, *, strict: bool = True) -> dict[str, torch.Tensor]:
-    """Read an ImageNet checkpoint safely, convert it and load it into ``backbone`` (strictly).
+    """Read an ImageNet checkpoint safely, convert it and load it into ``backbone`` (strictly,
+    except for the deformable-conv offset branches, which keep their initialisation).
 
     Returns:
         The converted backbone state dict.
@@ -137,5 +148,7 @@ def load_imagenet_backbone(path: str | Path, backbone: torch.nn.Module, *, stric
     if is_official_swin([k.removeprefix("module.").removeprefix("backbone.") for k in state]):
         return load_swin_imagenet(path, backbone, strict=strict)
     sd = convert_imagenet(state, backbone, strict=strict, source=str(path))
-    backbone.load_state_dict(sd, strict=strict)
+    missing, unexpected = backbone.load_state_dict(sd, strict=False)
+    if strict and (unexpected or any(not _is_new_layer(k) for k in missing)):  # convert_imagenet checked it
+        raise CheckpointMismatchError(f"{path}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return sd

@@ -10,6 +10,7 @@ mmdet (ZwwWayne/K-Net)                                     ours (:class:`kmax_de
 ``backbone.conv1.weight``, ``backbone.bn1.*``              ``backbone.stem.conv1.weight``, ``….norm.*``
 ``backbone.layer{s}.{b}.conv{k}.weight`` / ``bn{k}.*``     ``backbone.res{s+1}.{b}.conv{k}.weight`` / ``.norm.*``
 ``backbone.layer{s}.{b}.downsample.{0,1}.*``               ``backbone.res{s+1}.{b}.shortcut.{weight,norm.*}``
+``backbone.layer{s}.{b}.conv2.conv_offset.*`` (DCN)        ``backbone.res{s+1}.{b}.conv2.conv_offset.*``
 ``backbone.{patch_embed,stages,norm0..3}.*`` (Swin)        the same names (our Swin uses mmdet's layout)
 ``backbone.stages.….attn.w_msa.relative_position_index``   dropped (derived; re-created on export)
 ``neck.lateral_convs.{i}.conv.*``, ``neck.fpn_convs.…``    ``neck.lateral_convs.{i}.*``, ``neck.output_convs.{i}.*``
@@ -66,6 +67,8 @@ MMDET_TO_OURS = (
     Row(r"backbone\.layer(?P<s>\d)\.(?P<b>\d+)\.downsample\.0\.weight", "backbone.res{s:+1}.{b}.shortcut.weight"),
     Row(rf"backbone\.layer(?P<s>\d)\.(?P<b>\d+)\.downsample\.1\.{_BN}",
         "backbone.res{s:+1}.{b}.shortcut.norm.{p}"),
+    Row(r"backbone\.layer(?P<s>\d)\.(?P<b>\d+)\.conv2\.conv_offset\.(?P<p>weight|bias)",
+        "backbone.res{s:+1}.{b}.conv2.conv_offset.{p}"),
     Row(_SWIN, "backbone.{r}"),
     Row(r"neck\.lateral_convs\.(?P<i>\d)\.conv\.(?P<p>weight|bias)", "neck.lateral_convs.{i}.{p}"),
     Row(r"neck\.fpn_convs\.(?P<i>\d)\.conv\.(?P<p>weight|bias)", "neck.output_convs.{i}.{p}"),
@@ -97,6 +100,8 @@ OURS_TO_MMDET = (
     Row(r"backbone\.res(?P<s>\d)\.(?P<b>\d+)\.shortcut\.weight", "backbone.layer{s:-1}.{b}.downsample.0.weight"),
     Row(rf"backbone\.res(?P<s>\d)\.(?P<b>\d+)\.shortcut\.norm\.{_BN}",
         "backbone.layer{s:-1}.{b}.downsample.1.{p}"),
+    Row(r"backbone\.res(?P<s>\d)\.(?P<b>\d+)\.conv2\.conv_offset\.(?P<p>weight|bias)",
+        "backbone.layer{s:-1}.{b}.conv2.conv_offset.{p}"),
     Row(_SWIN, "backbone.{r}"),
     Row(r"neck\.lateral_convs\.(?P<i>\d)\.(?P<p>weight|bias)", "neck.lateral_convs.{i}.conv.{p}"),
     Row(r"neck\.output_convs\.(?P<i>\d)\.(?P<p>weight|bias)", "neck.fpn_convs.{i}.conv.{p}"),

@@ -134,9 +134,12 @@ _ENTRIES = [
 ]
 
 # ZwwWayne/K-Net README (original mmdet .pth files). The filename suffix is the first 8 hex
-# digits of the file's SHA-256 (mmcv's publish convention), not checked here. R-101-DCN and
-# Swin-L need backbones this library does not have yet; the instance ms-3x links
-# in the README point at a folder, not a file.
+# digits of the file's SHA-256 (mmcv's publish convention), not checked here. The instance
+# ms-3x R-50 (37.8 AP) and R-101 (39.2 AP) rows of that README link the folder
+# https://download.openmmlab.com/mim-example/knet/, not a file: those two checkpoints were never
+# released (ZwwWayne/K-Net issue #17, maintainer 2021-12-16: "We have not released the model"),
+# so they have no zoo entry; their presets still train them. The R-101-DCN files use mmcv's
+# deformable conv v1 (``type='DCN'``), which the ``coco/knet_r101_dcn_*`` presets build.
 _KNET = "https://download.openmmlab.com/mim-example/knet/det/knet/"
 _ENTRIES += [
     ZooEntry("knet_r50_fpn_1x_coco_panoptic",
@@ -156,6 +159,13 @@ _ENTRIES += [
     ZooEntry("knet_r50_fpn_1x_coco_instance",
              _KNET + "knet_s3_r50_fpn_1x_coco/knet_s3_r50_fpn_1x_coco_20211016_113017-8a8645d4.pth",
              "mmdet", "coco", "resnet50", "coco/knet_r50_fpn_1x_instance", 34.0, metric="mask AP"),
+    ZooEntry("knet_r101_dcn_fpn_ms3x_coco_panoptic",
+             _KNET + "knet_s3_r101_dcn-c3-c5_fpn_ms-3x_coco-panoptic/"
+                     "knet_s3_r101_dcn-c3-c5_fpn_ms-3x_coco-panoptic_20211019_191549-6d13fab7.pth",
+             "mmdet", "coco", "resnet101", "coco/knet_r101_dcn_fpn_ms3x", 49.6),
+    ZooEntry("knet_r101_dcn_fpn_ms3x_coco_instance",
+             _KNET + "knet_s3_r101_dcn-c3-c5_fpn_ms-3x_coco/knet_s3_r101_dcn-c3-c5_fpn_ms-3x_coco_20211017_054515-163a3126.pth",
+             "mmdet", "coco", "resnet101", "coco/knet_r101_dcn_fpn_ms3x_instance", 40.5, metric="mask AP"),
 ]
 
 #: name -> entry

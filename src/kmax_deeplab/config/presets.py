@@ -194,24 +194,25 @@ def _max_tiny() -> Config:
 _KNET_EPOCH = 7393
 
 
-def _knet(backbone: str, schedule: str, task: str) -> Config:
+def _knet(backbone: str, schedule: str, task: str, dcn: str = "none") -> Config:
     """K-Net on COCO: AdamW 1e-4, wd 0.05, backbone x0.25, clip 1, 1000-step linear warmup
     from 0.001x, step decay x0.1 (1x: 12 epochs, steps at 8 and 11; ms-3x: 36 epochs, steps
     at 27 and 33), batch 16.
 
     Training sizes come from the family's geometry (``model.train_short``, long side <= 1333,
-    flips); ``data.crop_size`` and the scale jitter are kMaX's and unused here.
+    flips); ``data.crop_size`` and the scale jitter are kMaX's and unused here. ``dcn="DCN"``:
+    the R-101-DCN configs (``knet_s3_r101_dcn-c3-c5_*``: mmcv's deformable conv v1 in res3..res5).
     """
     from kmax_deeplab.modeling.knet.config import KNetLossConfig, KNetModelConfig, KNetPostProcessConfig
 
     epochs, steps = (12, (8, 11)) if schedule == "1x" else (36, (27, 33))
     panoptic = task == "panoptic"
-    short = "r50" if backbone == "resnet50" else "r101"
+    short = ("r50" if backbone == "resnet50" else "r101") + ("" if dcn == "none" else "_dcn")
     return Config(
         name=f"coco/knet_{short}_fpn_{schedule}" + ("" if panoptic else "_instance"),
         model=KNetModelConfig(backbone=backbone, task=task, num_classes=133 if panoptic else 80,
                               num_queries=100, image_size=(800, 1333),
-                              train_short=(800, 800) if schedule == "1x" else (640, 800)),
+                              train_short=(800, 800) if schedule == "1x" else (640, 800), dcn=dcn),
         data=DataConfig(dataset="coco", crop_size=(800, 1333),
                         min_scale=1.0 if schedule == "1x" else 0.8, max_scale=1.0,
                         color_jitter=False, copy_paste=False),
@@ -360,6 +361,7 @@ for _task, _suffix in (("panoptic", ""), ("instance", "_instance")):
     for _bb, _sched in (("resnet50", "1x"), ("resnet50", "ms3x"), ("resnet101", "ms3x")):
         _n = f"coco/knet_{'r50' if _bb == 'resnet50' else 'r101'}_fpn_{_sched}{_suffix}"
         PRESETS[_n] = (lambda bb=_bb, sc=_sched, t=_task: _knet(bb, sc, t))
+    PRESETS[f"coco/knet_r101_dcn_fpn_ms3x{_suffix}"] = (lambda t=_task: _knet("resnet101", "ms3x", t, dcn="DCN"))
     PRESETS[f"coco/knet_swin_l_fpn_ms3x{_suffix}"] = (lambda t=_task: _knet_swin_l(t))
 for _head in ("fcn", "pspnet", "deeplabv3", "upernet"):
     PRESETS[f"ade20k/knet_r50_d8_{_head}_512"] = (lambda h=_head: _knet_semantic(h))

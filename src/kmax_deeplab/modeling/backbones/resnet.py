@@ -34,10 +34,41 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kmax_deeplab.modeling.backbones.base import Backbone, FeatureSpec, check_feature_info
-from kmax_deeplab.modeling.backbones.conv_norm import Conv2dNorm
+from kmax_deeplab.modeling.backbones.conv_norm import Conv2dNorm, resnet_norm
+from kmax_deeplab.modeling.layers.deform_conv import DCN_TYPES, DeformConv2dPack
 from kmax_deeplab.modeling.layers.norm import BN_EPS, BN_MOMENTUM
 
 LAYOUTS: tuple[str, ...] = ("bytedance", "deeplab2")
+
+
+class DeformConv2dNorm(DeformConv2dPack):
+    """A bias-free deformable 3×3 conv followed by its ``norm`` child (mmdet ``dcn=dict(type=...)``).
+
+    ``kind="DCN"`` is mmcv's ``DeformConv2dPack`` (v1), ``"DCNv2"`` its
+    ``ModulatedDeformConv2dPack``; see :mod:`kmax_deeplab.modeling.layers.deform_conv`. Keys:
+    ``weight`` ``[D_out, D_in, k, k]``, ``conv_offset.{weight,bias}`` (zero-initialised: the
+    layer starts as the plain conv) and ``norm.*``, so a plain ``Conv2dNorm``'s ``weight`` and
+    ``norm`` load into it unchanged.
+
+    Raises:
+        ValueError: unknown ``kind``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, kind: str = "DCN",
+                 stride: int = 1, padding: int = 0, dilation: int = 1, deform_groups: int = 1,
+                 norm: str = "BN", bn_eps: float = BN_EPS, bn_momentum: float = BN_MOMENTUM) -> None:
+        if kind not in DCN_TYPES:
+            raise ValueError(f"unknown deformable conv type {kind!r}; expected one of {tuple(DCN_TYPES)}")
+        self.modulated = DCN_TYPES[kind].modulated
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+                         dilation=dilation, deform_groups=deform_groups)
+        self.kind = kind
+        self.norm = resnet_norm(norm, out_channels, eps=bn_eps, momentum=bn_momentum)
+        nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")  # as Conv2dNorm
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[B, D_in, H, W]`` -> ``[B, D_out, H', W']`` (deformable convolution, then norm)."""
+        return self.norm(super().forward(x))
 
 
 class BottleneckBlock(nn.Module):
@@ -55,11 +86,15 @@ class BottleneckBlock(nn.Module):
         norm: norm after each conv (see ``conv_norm.resnet_norm``).
         bn_eps, bn_momentum: batch-norm constants (kMaX 1e-3/0.01, mmdet 1e-5/0.1).
         dilation: dilation (and padding) of the 3×3 ``conv2`` (mmseg's dilated ResNets).
+        dcn: None, or ``"DCN"`` / ``"DCNv2"``: ``conv2`` is a :class:`DeformConv2dNorm`
+            (mmdet ``dcn=dict(type=..., fallback_on_stride=False)``: strided blocks too).
+        deform_groups: offset groups of the deformable ``conv2`` (mmdet ``deform_groups``).
     """
 
     def __init__(self, in_channels: int, out_channels: int, *, bottleneck_channels: int,
                  stride: int = 1, norm: str = "BN", bn_eps: float = BN_EPS,
-                 bn_momentum: float = BN_MOMENTUM, dilation: int = 1) -> None:
+                 bn_momentum: float = BN_MOMENTUM, dilation: int = 1, dcn: str | None = None,
+                 deform_groups: int = 1) -> None:
         super().__init__()
         self.stride = stride
         bn = dict(norm=norm, bn_eps=bn_eps, bn_momentum=bn_momentum)
@@ -69,8 +104,12 @@ class BottleneckBlock(nn.Module):
             raise ValueError("a strided block needs a projection shortcut "
                              f"(in_channels == out_channels == {in_channels}, stride {stride})")
         self.conv1 = Conv2dNorm(in_channels, bottleneck_channels, 1, **bn)
-        self.conv2 = Conv2dNorm(bottleneck_channels, bottleneck_channels, 3, stride=stride,
-                                padding=dilation, dilation=dilation, **bn)
+        if dcn is None:
+            self.conv2 = Conv2dNorm(bottleneck_channels, bottleneck_channels, 3, stride=stride,
+                                    padding=dilation, dilation=dilation, **bn)
+        else:
+            self.conv2 = DeformConv2dNorm(bottleneck_channels, bottleneck_channels, 3, kind=dcn, stride=stride,
+                                          padding=dilation, dilation=dilation, deform_groups=deform_groups, **bn)
         self.conv3 = Conv2dNorm(bottleneck_channels, out_channels, 1, **bn)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -191,11 +230,17 @@ class ResNet(Backbone):
         dilations: dilation of each stage's 3×3 convs, res2..res5 (mmseg D8: 1, 1, 2, 4).
         contract_dilation: mmseg ``contract_dilation``: the first block of a stage with
             dilation d > 1 uses d // 2.
+        dcn: None, or ``"DCN"`` (mmcv ``DeformConv2dPack``, v1) / ``"DCNv2"`` (modulated): the
+            3×3 ``conv2`` of every block of the stages flagged in ``stage_with_dcn`` is
+            deformable (mmdet ``dcn=dict(type=dcn, deform_groups=deform_groups,
+            fallback_on_stride=False)``; bytedance layout only).
+        stage_with_dcn: res2..res5 flags (mmdet's; K-Net R-101-DCN: False, True, True, True).
+        deform_groups: offset groups of those convs (1).
 
     Raises:
-        ValueError: unknown layout or norm, depths/widths/strides/dilations of different
-            lengths, ``frozen_stages`` outside [-1, 4], or ``deep_stem`` / dilation with the
-            deeplab2 layout.
+        ValueError: unknown layout, norm or ``dcn``, depths/widths/strides/dilations/
+            ``stage_with_dcn`` of different lengths, ``frozen_stages`` outside [-1, 4], or
+            ``deep_stem`` / dilation / ``dcn`` with the deeplab2 layout.
     """
 
     def __init__(self, depths: Sequence[int], *, stem_channels: int = 64,
@@ -204,7 +249,8 @@ class ResNet(Backbone):
                  bn_eps: float = BN_EPS, bn_momentum: float = BN_MOMENTUM,
                  frozen_stages: int = -1, norm_eval: bool = False, deep_stem: bool = False,
                  strides: Sequence[int] | None = None, dilations: Sequence[int] = (1, 1, 1, 1),
-                 contract_dilation: bool = False) -> None:
+                 contract_dilation: bool = False, dcn: str | None = None,
+                 stage_with_dcn: Sequence[bool] = (False, False, False, False), deform_groups: int = 1) -> None:
         super().__init__()
         if not -1 <= frozen_stages <= 4:
             raise ValueError(f"frozen_stages must be in [-1, 4], got {frozen_stages}")
@@ -222,6 +268,9 @@ class ResNet(Backbone):
             raise ValueError("deep_stem and dilations need layout='bytedance'")
         if len(dilations) != 4 or (strides is not None and len(strides) != 4):
             raise ValueError(f"need 4 stages, got strides {strides} and dilations {tuple(dilations)}")
+        if dcn is not None and (dcn not in DCN_TYPES or not bytedance or len(stage_with_dcn) != 4):
+            raise ValueError(f"dcn={dcn!r} needs layout='bytedance', one of {tuple(DCN_TYPES)} and 4 "
+                             f"stage_with_dcn flags (got layout {layout!r}, {tuple(stage_with_dcn)})")
         block_cls = BottleneckBlock if bytedance else PreActBottleneckBlock
         self.stem = (DeepStem(in_channels, stem_channels, **bn) if deep_stem
                      else ResNetStem(in_channels, stem_channels, max_pool=bytedance, **bn))
@@ -237,6 +286,8 @@ class ResNet(Backbone):
             for b in range(depth):
                 d = dil // 2 if (b == 0 and contract_dilation and dil > 1) else dil
                 extra = {"dilation": d} if d != 1 else {}
+                if dcn is not None and stage_with_dcn[i]:
+                    extra.update(dcn=dcn, deform_groups=deform_groups)
                 blocks.append(block_cls(channels, 4 * width, bottleneck_channels=width,
                                         stride=first if b == 0 else 1, **bn, **extra))
                 channels = 4 * width
@@ -304,7 +355,8 @@ def resnet101(*, norm: str = "BN", layout: str = "bytedance", **kwargs) -> ResNe
 
 
 def resnet_mmdet(depth: int = 50, *, frozen_stages: int = 1, norm_eval: bool = True,
-                 norm: str = "BN") -> ResNet:
+                 norm: str = "BN", dcn: str | None = None,
+                 stage_with_dcn: Sequence[bool] = (False, True, True, True)) -> ResNet:
     """The torchvision / mmdet ``style='pytorch'`` ResNet that K-Net uses (knet.md §2).
 
     Same topology as the bytedance layout (post-activation bottlenecks, stride on the 3×3
@@ -316,6 +368,8 @@ def resnet_mmdet(depth: int = 50, *, frozen_stages: int = 1, norm_eval: bool = T
     Args:
         depth: 50 or 101 (``tiny`` builds are for tests: use :func:`resnet_tiny`).
         frozen_stages, norm_eval, norm: see :class:`ResNet`.
+        dcn, stage_with_dcn: deformable ``conv2`` (see :class:`ResNet`); K-Net's R-101-DCN
+            configs (``knet_s3_r101_dcn-c3-c5_*``) use ``"DCN"`` in res3..res5.
 
     Raises:
         ValueError: another depth.
@@ -324,7 +378,8 @@ def resnet_mmdet(depth: int = 50, *, frozen_stages: int = 1, norm_eval: bool = T
     if depth not in depths:
         raise ValueError(f"resnet_mmdet: depth must be 50 or 101, got {depth}")
     return ResNet(depths[depth], layout="bytedance", norm=norm, bn_eps=1e-5, bn_momentum=0.1,
-                  frozen_stages=frozen_stages, norm_eval=norm_eval)
+                  frozen_stages=frozen_stages, norm_eval=norm_eval, dcn=dcn,
+                  stage_with_dcn=tuple(stage_with_dcn))
 
 
 def resnet_v1c(depth: int = 50, *, dilated: bool = True, norm: str = "BN",
@@ -362,5 +417,5 @@ def resnet_tiny(*, norm: str = "BN", layout: str = "bytedance", **kwargs) -> Res
                   layout=layout, norm=norm, **kwargs)
 
 
-__all__ = ["LAYOUTS", "BottleneckBlock", "DeepStem", "PreActBottleneckBlock", "ResNet", "ResNetStem",
+__all__ = ["LAYOUTS", "BottleneckBlock", "DeepStem", "DeformConv2dNorm", "PreActBottleneckBlock", "ResNet", "ResNetStem",
            "resnet50", "resnet101", "resnet_mmdet", "resnet_tiny", "resnet_v1c"]

@@ -33,6 +33,10 @@ class KNetModelConfig(ModelConfig):
             Swin -1: nothing frozen, as the original Swin-L config).
         train_short: training short side drawn uniformly from this range, long side at most
             ``image_size[1]`` (1x: (800, 800); ms-3x: (640, 800)).
+        dcn: ``"none"``, ``"DCN"`` (mmcv deformable conv v1: K-Net's R-101-DCN configs,
+            ``dcn=dict(type='DCN', deform_groups=1, fallback_on_stride=False)``) or ``"DCNv2"``
+            (modulated): the backbone's 3×3 convs in the stages of ``stage_with_dcn``.
+        stage_with_dcn: res2..res5 flags for ``dcn`` (c3-c5: False, True, True, True).
     """
 
     meta_architecture: str = "knet"
@@ -48,6 +52,8 @@ class KNetModelConfig(ModelConfig):
     frozen_stages: int = 1
     norm_eval: bool = True
     train_short: tuple[int, int] = (800, 800)
+    dcn: str = "none"
+    stage_with_dcn: tuple[bool, bool, bool, bool] = (False, True, True, True)
 
 
 @dataclass

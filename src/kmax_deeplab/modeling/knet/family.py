@@ -24,6 +24,7 @@ def build_model(cfg: Any):
                        num_thing_classes=m.num_thing_classes, num_kernels=m.num_queries, num_stages=m.num_stages,
                        channels=m.hidden_dim, num_heads=m.num_heads, ffn_channels=m.ffn_dim,
                        num_groups=m.num_groups, frozen_stages=m.frozen_stages, norm_eval=m.norm_eval,
+                       dcn=None if m.dcn == "none" else m.dcn, stage_with_dcn=m.stage_with_dcn,
                        backbone_drop_path=m.backbone_drop_path)
     if m.norm == "SyncBN":
         import torch

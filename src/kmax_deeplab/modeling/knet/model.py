@@ -151,6 +151,7 @@ def build_knet(*, task: str = "panoptic", backbone: str = "resnet50", num_classe
                num_thing_classes: int = 80, num_kernels: int = 100, num_stages: int = 3,
                channels: int = 256, num_heads: int = 8, ffn_channels: int = 2048,
                num_groups: int = 32, frozen_stages: int = 1, norm_eval: bool = True,
+               dcn: Optional[str] = None, stage_with_dcn: Sequence[bool] = (False, True, True, True),
                backbone_drop_path: float = 0.0) -> KNet:
     """Build K-Net with fresh weights.
 
@@ -168,12 +169,15 @@ def build_knet(*, task: str = "panoptic", backbone: str = "resnet50", num_classe
         num_stages: kernel update stages (3).
         channels, num_heads, ffn_channels, num_groups: widths (256, 8, 2048, 32).
         frozen_stages, norm_eval: backbone freezing (mmdet; 1 and True).
+        dcn: None, ``"DCN"`` (mmcv v1, what K-Net's R-101-DCN configs use) or ``"DCNv2"``: the
+            3×3 convs of the ResNet stages flagged by ``stage_with_dcn`` (res2..res5) become
+            deformable (``resnet50`` / ``resnet101`` / ``resnet_tiny``).
         backbone_drop_path: Swin's largest stochastic-depth rate (K-Net Swin-L: 0.2); ResNets
             have none and accept only 0.
 
     Raises:
-        ValueError: unknown task or backbone, ``num_thing_classes > num_classes``, or a non-zero
-            ``backbone_drop_path`` for a ResNet.
+        ValueError: unknown task, backbone or ``dcn``, ``num_thing_classes > num_classes``, a
+            non-zero ``backbone_drop_path`` for a ResNet, or ``dcn`` with a Swin.
     """
     from kmax_deeplab.modeling.backbones.resnet import resnet_mmdet, resnet_tiny
     from kmax_deeplab.modeling.backbones.swin import swin
@@ -187,12 +191,15 @@ def build_knet(*, task: str = "panoptic", backbone: str = "resnet50", num_classe
     if backbone_drop_path and backbone not in SWIN_BACKBONES:
         raise ValueError(f"K-Net backbone {backbone!r} has no stochastic depth; got backbone_drop_path="
                          f"{backbone_drop_path}")
+    if dcn is not None and backbone in SWIN_BACKBONES:
+        raise ValueError(f"K-Net backbone {backbone!r} has no deformable convs; got dcn={dcn!r}")
+    deform = dict(dcn=dcn, stage_with_dcn=tuple(stage_with_dcn)) if dcn is not None else {}
     if backbone in SWIN_BACKBONES:
         net = swin(SWIN_BACKBONES[backbone], drop_path=backbone_drop_path, frozen_stages=frozen_stages)
     elif backbone in ("resnet50", "resnet101"):
-        net = resnet_mmdet(int(backbone[6:]), frozen_stages=frozen_stages, norm_eval=norm_eval)
+        net = resnet_mmdet(int(backbone[6:]), frozen_stages=frozen_stages, norm_eval=norm_eval, **deform)
     elif backbone == "resnet_tiny":
-        net = resnet_tiny(bn_eps=1e-5, bn_momentum=0.1, frozen_stages=frozen_stages, norm_eval=norm_eval)
+        net = resnet_tiny(bn_eps=1e-5, bn_momentum=0.1, frozen_stages=frozen_stages, norm_eval=norm_eval, **deform)
     else:
         raise ValueError(f"unknown K-Net backbone {backbone!r}; expected one of {BACKBONES}")
     neck = FPN([net.feature_spec(n).channels for n in FPN_FEATURES], channels)
