@@ -141,3 +141,17 @@ def test_official_converter_round_trip_and_merge_order():
             assert np.array_equal(got[:, ch * 4 + j], w[:, k * c + ch])
     idx = relative_position_index_entries(net.state_dict())
     assert len(idx) == 4 and all(v.shape == (49, 49) for v in idx.values())
+
+
+def test_drop_path_schedule_and_frozen_stages():
+    """Drop path rises linearly over all blocks (mmdet ``dpr``); ``frozen_stages`` freezes as mmdet's
+    ``_freeze_stages`` (patch embedding, stages 0..s-1 and their norms; eval mode kept by ``train()``)."""
+    net = swin_mod.SwinTransformer(8, (1, 2, 3, 2), (1, 1, 2, 2), drop_path=0.3, frozen_stages=2)
+    blocks = [b for st in net.stages for b in st.blocks]
+    expected = torch.linspace(0, 0.3, 8).tolist()
+    assert [b.drop_path.drop_prob for b in blocks] == [b.attn.drop.drop_prob for b in blocks] == expected
+    net.train()
+    frozen = [net.patch_embed, net.stages[0], net.stages[1], net.norm0, net.norm1]
+    assert all(not m.training and not any(p.requires_grad for p in m.parameters()) for m in frozen)
+    assert net.stages[2].training and all(p.requires_grad for p in net.stages[2].parameters())
+    assert net.norm2.weight.requires_grad and net.stages[1].downsample.reduction.weight.requires_grad is False
