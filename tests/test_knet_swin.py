@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from kmax_deeplab.checkpoints.mmdet import MMDET_TO_OURS, _SWIN_DERIVED, load_mmdet_checkpoint, ours_to_mmdet, save_mmdet
+from kmax_deeplab.checkpoints.mmdet import (
+    _SWIN_DERIVED,
+    MMDET_TO_OURS,
+    load_mmdet_checkpoint,
+    ours_to_mmdet,
+    save_mmdet,
+)
 from kmax_deeplab.checkpoints.table import apply_rows, target_shapes
 from kmax_deeplab.config import get_preset
 from kmax_deeplab.modeling.families import get_family
@@ -164,7 +170,8 @@ def test_semantic_swin_presets_equal_original(preset, key):
     opt = family.build_optimizer(model, cfg)
     groups = {wd: [p for g in opt.param_groups if g["weight_decay"] == wd for p in g["params"]] for wd in (0.0, 5e-4)}
     assert sum(len(g["params"]) for g in opt.param_groups) == len(groups[0.0]) + len(groups[5e-4])
-    assert (len(groups[0.0]), sum(p.numel() for p in groups[0.0])) == (ref["no_decay_tensors"], ref["no_decay_elements"])
+    no_decay = (len(groups[0.0]), sum(p.numel() for p in groups[0.0]))
+    assert no_decay == (ref["no_decay_tensors"], ref["no_decay_elements"])
     assert (len(groups[5e-4]), sum(p.numel() for p in groups[5e-4])) == (ref["decay_tensors"], ref["decay_elements"])
     assert (cfg.solver.base_lr, cfg.solver.betas, cfg.solver.weight_decay) == (6e-5, (0.9, 0.999), 5e-4)
     assert cfg.data.crop_size == tuple(ref["crop"]) and cfg.model.image_size == (ref["crop"][0], 2048)

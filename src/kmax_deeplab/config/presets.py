@@ -310,12 +310,14 @@ def _knet_semantic(decode_head: str) -> Config:
 
 
 def _knet_semantic_swin(size: str, crop: int) -> Config:
-    """The semantic K-Net + UPerNet on Swin (``configs/seg/knet/knet_s3_upernet_swin-{t,l}_80k_adamw[_640x640]_ade20k.py``):
+    """The semantic K-Net + UPerNet on Swin
+    (``configs/seg/knet/knet_s3_upernet_swin-{t,l}_80k_adamw[_640x640]_ade20k.py``):
     the UPerNet R-50 recipe of :func:`_knet_semantic` with Swin-T (drop path 0.3) or Swin-L (640²: drop path
     0.4, crops 640x640 from a 2048x640 ratio resize, test at 2048x640), AdamW lr 6e-5, betas (0.9, 0.999),
     weight decay 5e-4 except the Swin configs' ``paramwise_cfg`` keys (``absolute_pos_embed``,
     ``relative_position_bias_table``, ``norm``: no decay); ImageNet init from the official
-    ``swin_tiny_patch4_window7_224.pth`` / ``swin_large_patch4_window7_224_22k.pth`` (``kmax convert --from imagenet``)."""
+    ``swin_tiny_patch4_window7_224.pth`` / ``swin_large_patch4_window7_224_22k.pth``
+    (``kmax convert --from imagenet``)."""
     cfg = _knet_semantic("upernet")
     cfg.name = f"ade20k/knet_swin_{size}_upernet_{crop}"
     m = cfg.model
