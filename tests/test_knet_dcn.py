@@ -46,6 +46,12 @@ def test_parameter_counts_equal_the_original():
         cfg = get_preset(f"coco/knet_r101_dcn_fpn_ms3x{suffix}")
         assert (cfg.model.dcn, cfg.model.task, cfg.model.backbone) == ("DCN", task, "resnet101")
         assert ZOO[f"knet_r101_dcn_fpn_ms3x_coco_{task}"].preset == cfg.name
+        # the recipe is R-101 ms-3x's (knet_s3_r101_dcn-c3-c5_* only change the backbone)
+        plain = get_preset(f"coco/knet_r101_fpn_ms3x{suffix}")
+        assert (cfg.solver, cfg.data, cfg.loss, cfg.postprocess) == (plain.solver, plain.data, plain.loss,
+                                                                     plain.postprocess)
+        assert {k: v for k, v in vars(cfg.model).items() if k != "dcn"} == {
+            k: v for k, v in vars(plain.model).items() if k != "dcn"} and plain.model.dcn == "none"
         model = family_of(cfg).build_model(cfg)
         assert sum(p.numel() for p in model.parameters()) == ref[task]["total"], task
         assert sum(p.numel() for p in model.backbone.parameters()) == ref[task]["backbone"] == 43_786_332
