@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -45,7 +46,8 @@ from kmax_deeplab.checkpoints.deeplab2_tf import (
 )
 from kmax_deeplab.checkpoints.table import CheckpointMismatchError, Row, apply_rows, check_against_target, target_shapes
 
-__all__ = ["IGNORED", "convert_deeplab2_max", "deeplab2_max_rows", "detect_family", "load_deeplab2_max_checkpoint"]
+__all__ = ["IGNORED", "INIT_CHECKPOINTS", "InitReport", "convert_deeplab2_max", "convert_deeplab2_max_init", "deeplab2_max_rows",
+           "detect_family", "load_deeplab2_max_checkpoint", "load_deeplab2_max_init"]
 
 _SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 
@@ -169,3 +171,143 @@ def load_deeplab2_max_checkpoint(prefix: str | Path, target: torch.nn.Module | M
     variables = load_variables(prefix, skip=skip)
     return convert_deeplab2_max(variables, target, variant=variant, dataset=dataset, num_classes=num_classes,
                                 strict=strict, source=str(prefix))
+
+
+#: The published ImageNet initial checkpoints of the MaX-DeepLab axial backbones (deeplab2
+#: ``g3doc/projects/imagenet_pretrained_checkpoints.md``, "strong training strategy"; both
+#: ImageNet-1K) and the COCO configs' ``initial_checkpoint`` (spec §5 "Initialisation").
+INIT_CHECKPOINTS = {
+    "s": "https://storage.googleapis.com/gresearch/tf-deeplab/checkpoint/"
+         "max_deeplab_s_backbone_imagenet1k_strong_training_strategy.tar.gz",
+    "l": "https://storage.googleapis.com/gresearch/tf-deeplab/checkpoint/"
+         "max_deeplab_l_backbone_imagenet1k_strong_training_strategy.tar.gz",
+}
+
+
+@dataclass(frozen=True)
+class InitReport:
+    """What an initial-checkpoint import set and what it left.
+
+    Attributes:
+        loaded: our entries set from the checkpoint (the ImageNet-pretrained encoder part).
+        left_at_init: our entries that keep the model's initialisation (transformers,
+            memory, ``*_extra`` stages, heads, semantic branch).
+        skipped: checkpoint entries outside ``encoder/`` (classifier head, optimizer slots,
+            counters), not used, as deeplab2's ``expect_partial`` read ignores them.
+    """
+
+    loaded: tuple[str, ...]
+    left_at_init: tuple[str, ...]
+    skipped: tuple[str, ...]
+
+    def summary(self) -> str:
+        """One line: counts and the top-level modules left at their initialisation."""
+        def group(k: str) -> str:
+            p = k.split(".")
+            if p[0] != "encoder":
+                return p[0]
+            if len(p) < 3:
+                return k
+            return f"{p[0]}.{p[1]}" + (".*_transformer" if p[2].endswith("_transformer") else "")
+
+        groups = sorted({group(k) for k in self.left_at_init})
+        return (f"set {len(self.loaded)} backbone entries; left {len(self.left_at_init)} at their initialisation "
+                f"({', '.join(groups)}); skipped {len(self.skipped)} checkpoint entries outside encoder/")
+
+
+def convert_deeplab2_max_init(variables: Mapping[str, np.ndarray], target: torch.nn.Module | Mapping[str, object], *,
+                              variant: str, is_backbone: Callable[[str], bool], strict: bool = True,
+                              source: str = "deeplab2 initial checkpoint") -> tuple[dict[str, torch.Tensor], InitReport]:
+    """Convert a deeplab2 ``max_deeplab_{s,l}_backbone`` ImageNet checkpoint (the axial backbone only).
+
+    deeplab2 (``trainer/runner_utils.maybe_load_checkpoint``) reads ``initial_checkpoint``
+    into ``tf.train.Checkpoint(**model.checkpoint_items)`` with ``expect_partial()``: the
+    ``encoder/...`` entries (or ``backbone/_encoder/...`` in a TF Model Garden file) restore
+    the encoder's stem, stages and (L) backbone hourglass decoder, whose object paths equal
+    the panoptic encoder's; transformers, memory, ``*_extra`` stages and all heads keep their
+    initialisation. This is the same split as deeplab2's backbone learning-rate rule.
+
+    Args:
+        variables: TF name (with or without ``/.ATTRIBUTES/VARIABLE_VALUE``) -> array.
+        target: the MaX-DeepLab model, its state dict or name -> shape.
+        variant: ``"s"`` or ``"l"``, the model's variant.
+        is_backbone: our name -> whether it is the ImageNet-pretrained encoder part (the
+            family's rule: ``encoder.*`` without ``transformer`` / ``extra`` / ``memory_feature``).
+        strict: every ``encoder/`` entry of the checkpoint used and every backbone entry of
+            the model produced, equal shapes (entries outside ``encoder/`` are skipped by rule).
+        source: checkpoint description for messages.
+
+    Returns:
+        (our backbone name -> float32 tensor, :class:`InitReport`).
+
+    Raises:
+        CheckpointMismatchError: a full MaX, a kMaX or another variant's checkpoint (one line
+            naming what was expected and found), no encoder entries, leftovers or shape
+            mismatches.
+    """
+    if variant not in ("s", "l"):
+        raise CheckpointMismatchError(f"MaX-DeepLab variant must be 's' or 'l', got {variant!r}")
+    want = f"max_deeplab_{variant}_backbone"
+    stripped = {}
+    for k, v in variables.items():
+        k = k[:-len(_SUFFIX)] if k.endswith(_SUFFIX) else k
+        if k.startswith("backbone/_encoder/"):  # TF Model Garden trainer layout (runner_utils)
+            k = "encoder/" + k[len("backbone/_encoder/"):]
+        stripped[k] = v
+    found = detect_family(list(stripped))
+    if found is not None:
+        hint = "kmax convert --from deeplab2" if found.startswith("max_deeplab") else "a kMaX config"
+        raise CheckpointMismatchError(f"{source} holds a full {found} checkpoint but an initial checkpoint of "
+                                      f"{want} was expected (use {hint})")
+    names = list(stripped)
+    if any(n.startswith("encoder/_stem/_conv1_bn_act/") for n in names):
+        found = "max_deeplab_s_backbone"
+    elif any(n.startswith("encoder/_stem/_conv/") for n in names):
+        found = "max_deeplab_l_backbone"
+    else:
+        raise CheckpointMismatchError(f"{source} is not a deeplab2 axial-backbone checkpoint (no encoder/_stem "
+                                      f"entries); expected {want}")
+    if found != want:
+        raise CheckpointMismatchError(f"{source} holds a {found} checkpoint but the model needs {want}")
+    encoder = {k: (v.astype(np.float32, copy=False) if v.dtype.kind == "f" else v) for k, v in stripped.items()
+               if k.startswith("encoder/")}
+    skipped = tuple(sorted(k for k in stripped if not k.startswith("encoder/")))
+    shapes = target_shapes(target)
+    backbone = {k: s for k, s in shapes.items() if is_backbone(k)}
+    converted, origin, unmatched = apply_rows(encoder, deeplab2_max_rows(variant=variant), ignored=())
+    sd = check_against_target(converted, backbone, source=f"{source} (backbone part of MaX-DeepLab-{variant.upper()})",
+                              unmatched=unmatched, origin=origin, strict=strict)
+    report = InitReport(loaded=tuple(sorted(sd)), left_at_init=tuple(k for k in shapes if k not in sd),
+                        skipped=skipped)
+    return sd, report
+
+
+def load_deeplab2_max_init(prefix: str | Path, model: torch.nn.Module, *, variant: str,
+                           is_backbone: Callable[[str], bool], strict: bool = True) -> InitReport:
+    """Read an initial checkpoint (no TensorFlow needed), convert it and load it into ``model``.
+
+    Only the backbone entries are replaced (``load_state_dict(strict=False)`` after the
+    strict conversion of :func:`convert_deeplab2_max_init`); the rest keeps its values.
+
+    Args:
+        prefix: checkpoint prefix, ``.index`` file or a folder holding one checkpoint (the
+            unpacked ``*_backbone_imagenet1k_strong_training_strategy`` archive).
+
+    Returns:
+        The :class:`InitReport`.
+    """
+    from kmax_deeplab.checkpoints.tf_reader import load_variables
+
+    prefix = resolve_prefix(prefix)
+    ignored = [re.compile(p) for p in IGNORED]
+
+    def skip(name: str) -> bool:  # optimizer slots and counters: not even read
+        name = name[:-len(_SUFFIX)] if name.endswith(_SUFFIX) else name
+        return any(p.fullmatch(name) for p in ignored)
+
+    sd, report = convert_deeplab2_max_init(load_variables(prefix, skip=skip), model, variant=variant,
+                                           is_backbone=is_backbone, strict=strict, source=str(prefix))
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    if unexpected or set(missing) - set(report.left_at_init):  # cannot happen after the strict check
+        raise CheckpointMismatchError(f"{prefix}: model rejected {unexpected[:5]}, lacks {sorted(missing)[:5]}")
+    return report

@@ -12,6 +12,7 @@ _EPILOG = """examples:
   kmax convert --from deeplab2 kmax_convnext_tiny_coco_train/ ./kmax_cnt_coco --config coco/kmax_convnext_tiny_deeplab2
   kmax convert --from detectron2 kmax_r50.pth ./kmax_r50_coco_bd --config coco/kmax_r50
   kmax convert --from imagenet convnext_tiny_22k_1k_384.pth ./init --config coco/kmax_convnext_tiny
+  kmax convert --from imagenet max_deeplab_s_backbone_imagenet1k_strong_training_strategy/ ./init_max_s --config coco/max_deeplab_s_641
 then: kmax predict IMAGES... -o preds/ --weights ./kmax_r50_coco
 """
 
@@ -43,7 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="checkpoint layout, one of the model family's importers (" + _importer_list() + "). "
                         "kMaX: deeplab2 = TF prefix, .index file or unpacked archive folder; "
                         "detectron2 = bytedance/COCONut .pth or .pkl; imagenet = torchvision/detectron2 R-50 "
-                        "or FB/timm ConvNeXt backbone file (only the backbone is set)")
+                        "or FB/timm ConvNeXt backbone file (only the backbone is set); MaX-DeepLab: imagenet = deeplab2's "
+                        "max_deeplab_{s,l}_backbone TF checkpoint (the ImageNet-pretrained encoder part is set)")
     p.add_argument("src", help="checkpoint file, TF checkpoint prefix, or folder holding one TF checkpoint")
     p.add_argument("dst", help="output folder (must not exist; written atomically)")
     p.add_argument("--config", required=True,

@@ -144,8 +144,9 @@ def _max_coco(variant: str, size: int) -> Config:
     Adam (eps 1e-7, no weight decay), LR 1e-3 (L: 3e-4), 5k linear warmup from 0 then poly 0.9,
     0.1x LR on the ImageNet-pretrained encoder part (deeplab2's name rule), batch 64, 100k steps
     (the 100k configs; 200k / 400k: ``solver.max_iters``), random scale 0.5-1.5 and crop at the
-    canvas, flip. Not in the deeplab2 recipe and therefore off: colour jitter, copy-paste (L
-    adds AutoAugment, not implemented here). Area limits scale with the canvas (§4).
+    canvas, flip; L adds deeplab2's AutoAugment ``simple_classification_policy`` and the
+    small-instance semantic weight 3 (thing segments under 4096 px). Not in the deeplab2 recipe
+    and therefore off: colour jitter, copy-paste. Area limits scale with the canvas (§4).
     """
     small = size == 641
     return Config(
@@ -154,7 +155,9 @@ def _max_coco(variant: str, size: int) -> Config:
                              num_classes=133, num_queries=128, image_size=(size, size), drop_path_keep_prob=0.8,
                              aux_semantic="decoder"),
         data=DataConfig(dataset="coco", crop_size=(size, size), min_scale=0.5, max_scale=1.5,
-                        color_jitter=False, copy_paste=False),
+                        color_jitter=False, copy_paste=False,
+                        autoaugment="" if variant == "s" else "simple_classification_policy",
+                        small_instance_weight=1.0 if variant == "s" else 3.0, small_instance_threshold=4096),
         loss=MaXLossConfig(),
         solver=SolverConfig(batch_size=64, max_iters=100_000, base_lr=1e-3 if variant == "s" else 3e-4,
                             optimizer="adam", eps=1e-7, weight_decay=0.0, warmup_iters=5000, warmup_factor=0.0,

@@ -64,6 +64,11 @@ class DataConfig:
     color_jitter: bool = True  # BD SSD colour jitter (data/photometric.py)
     copy_paste: bool = True  # BD panoptic copy-paste, second image at 0.5x scale (data/copy_paste.py)
     on_bad_sample: str = "raise"  # or "skip"
+    # deeplab2 (MaX-DeepLab-L): AutoAugment policy name ("" = off; data/autoaugment.py) and the
+    # semantic-loss weight of thing segments smaller than small_instance_threshold pixels (1.0 = off).
+    autoaugment: str = ""
+    small_instance_weight: float = 1.0
+    small_instance_threshold: int = 4096
     num_workers: int = 4
     # Test-time resize (kmax_deeplab.geometry.inference_size): the rule of "bytedance"
     # (detectron2 ResizeShortestEdge, int(x + 0.5)) or "deeplab2" (resize_to_range, float32 floor);

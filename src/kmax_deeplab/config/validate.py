@@ -120,6 +120,13 @@ def validate_config(cfg: Any) -> Any:
                               f"{data.max_scale}")
         _positive_ints(data.num_workers, "data.num_workers", 0)
         _positive_ints(data.min_valid_pixels, "data.min_valid_pixels", 0)
+        if getattr(data, "autoaugment", ""):
+            from kmax_deeplab.data.autoaugment import POLICIES
+
+            _one_of(data.autoaugment, "data.autoaugment", ("",) + tuple(POLICIES))
+        if hasattr(data, "small_instance_weight"):
+            _in_range(data.small_instance_weight, "data.small_instance_weight", 0.0, lo_open=True)
+            _positive_ints(data.small_instance_threshold, "data.small_instance_threshold", 0)
     solver = getattr(cfg, "solver", None)
     if solver is not None:
         _one_of(solver.amp, "solver.amp", AMP)

@@ -49,6 +49,9 @@ def prepare_image_targets(
     *,
     stride: int = 4,
     index: int = 0,
+    small_instance_threshold: int = 0,
+    small_instance_weight: float = 1.0,
+    thing_classes: Optional[Sequence[int]] = None,
 ) -> Dict[str, Tensor]:
     """Subsample one image's panoptic target to the loss resolution.
 
@@ -60,13 +63,22 @@ def prepare_image_targets(
         num_classes: C; the ignore index of the semantic target.
         stride: subsampling step (4 for kMaX).
         index: position in the batch, used in error messages only.
+        small_instance_threshold / small_instance_weight / thing_classes: deeplab2's
+            ``increase_small_instance_weights`` (``data/sample_generator.py``,
+            ``_generate_gt_center_and_offset``): the pixels of every non-crowd *thing*
+            segment (train id in ``thing_classes``) with fewer than
+            ``small_instance_threshold`` pixels **at full resolution** (after the
+            augmentation, before the subsampling) get semantic-loss weight
+            ``small_instance_weight``; all other pixels 1. deeplab2's MaX-L COCO recipe:
+            4096 and 3.0; off (weight 1.0) by default.
 
     Returns:
         dict with ``masks`` bool ``[M', h, w]`` (non-crowd segments still present after
         subsampling, in input order), ``labels`` int64 ``[M']``, ``void`` bool ``[h, w]``
         (exactly the pixels covered by no kept mask: padding, unlabelled and crowd pixels),
         ``semantic`` int64 ``[h, w]`` (train id, C on void) and ``pixel_area`` float32
-        ``[h, w]`` (see :func:`pixel_mask_area`), with h = ceil(H/stride).
+        ``[h, w]`` (see :func:`pixel_mask_area`), with h = ceil(H/stride); with a
+        small-instance weight != 1 also ``semantic_weight`` float32 ``[h, w]``.
 
     Raises:
         ValueError: on missing keys, wrong dtypes or inconsistent shapes, or labels outside
@@ -88,6 +100,11 @@ def prepare_image_targets(
                f"labels must lie in [0, {num_classes}), got {labels.tolist()}")
     if stride < 1:
         raise ValueError(f"prepare_targets: stride must be >= 1, got {stride}")
+    if not small_instance_weight > 0.0:
+        raise ValueError(f"prepare_targets: small_instance_weight must be > 0, got {small_instance_weight}")
+    weighted = small_instance_weight != 1.0 and small_instance_threshold > 0
+    if weighted and thing_classes is None:
+        raise ValueError("prepare_targets: small_instance_weight needs thing_classes")
 
     keep = ~is_crowd.bool()
     # [M, H, W] -> [M', h, w] by strided subsampling (BD: pan_seg_gt[::4, ::4]).
@@ -101,13 +118,24 @@ def prepare_image_targets(
     semantic = torch.full(void_small.shape, num_classes, dtype=torch.int64, device=masks.device)
     for mask, label in zip(small, small_labels):
         semantic[mask] = label
-    return {
+    out = {
         "masks": small,
         "labels": small_labels,
         "void": void_small,
         "semantic": semantic,
         "pixel_area": pixel_mask_area(small),
     }
+    if weighted:
+        thing = torch.zeros(num_classes, dtype=torch.bool, device=masks.device)
+        thing[list(thing_classes)] = True
+        full = masks[keep]  # [M', H, W] non-crowd segments at full resolution
+        area = full.flatten(1).sum(-1)  # [M'] pixels, deeplab2's instance_area
+        small_thing = thing[labels[keep].long()] & (area < small_instance_threshold)  # [M']
+        # segments do not overlap: pixel weight = weight on any small thing segment, else 1
+        hit = (full & small_thing[:, None, None]).any(dim=0)[::stride, ::stride]  # [h, w]
+        out["semantic_weight"] = torch.where(hit, torch.tensor(float(small_instance_weight)),
+                                             torch.tensor(1.0)).to(torch.float32)
+    return out
 
 
 def prepare_targets(
@@ -115,6 +143,7 @@ def prepare_targets(
     num_classes: int,
     stride: int = 4,
     device: Optional[torch.device] = None,
+    **weighting,
 ) -> List[Dict[str, Tensor]]:
     """Stride-4 loss targets for a batch (spec §2; see :func:`prepare_image_targets`).
 
@@ -123,6 +152,8 @@ def prepare_targets(
         num_classes: C.
         stride: subsampling step.
         device: if given, the returned tensors are moved there.
+        weighting: ``small_instance_threshold``, ``small_instance_weight``,
+            ``thing_classes`` (see :func:`prepare_image_targets`).
 
     Returns:
         One dict per image with ``masks``, ``labels``, ``void``, ``semantic`` and
@@ -130,7 +161,7 @@ def prepare_targets(
     """
     out = []
     for i, target in enumerate(targets):
-        prepared = prepare_image_targets(target, num_classes, stride=stride, index=i)
+        prepared = prepare_image_targets(target, num_classes, stride=stride, index=i, **weighting)
         if device is not None:
             prepared = {k: v.to(device, non_blocking=True) for k, v in prepared.items()}
         out.append(prepared)

@@ -186,12 +186,17 @@ class LargeScaleJitter:
             :class:`~kmax_deeplab.data.photometric.ColorAugSSD`), applied to the image of
             every try after the resize, before the padding (BD order: resize, colour, crop,
             flip; the jitter is per pixel, so jittering only the crop is the same).
+        autoaugment: optional :class:`~kmax_deeplab.data.autoaugment.AutoAugment` (deeplab2
+            MaX-L): applied to the whole resized image *before* the crop and padding, as
+            deeplab2's ``preprocess_image_and_label`` does (Equalize and Contrast read the
+            whole image's histogram, Sharpness keeps its border).
     """
 
     def __init__(self, crop_size: Sequence[int], min_scale: float = 0.2, max_scale: float = 2.0,
                  flip: bool = True, min_valid_pixels: int = 4096, max_tries: int = 20,
                  pad_value: float = PAD_VALUE, image_mode: str = "bilinear",
-                 color_jitter: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None) -> None:
+                 color_jitter: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
+                 autoaugment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None) -> None:
         if not 0 < min_scale <= max_scale:
             raise ValueError(f"need 0 < min_scale <= max_scale, got {min_scale}, {max_scale}")
         self.crop_size = (int(crop_size[0]), int(crop_size[1]))
@@ -202,6 +207,7 @@ class LargeScaleJitter:
         self.pad_value = pad_value
         self.image_mode = image_mode
         self.color_jitter = color_jitter
+        self.autoaugment = autoaugment
 
     def sample_once(self, record: Record, rng: np.random.Generator) -> Record:
         """One random resize + crop + flip + pad, without the validity check."""
@@ -213,7 +219,12 @@ class LargeScaleJitter:
         th, tw = min(nh, ch), min(nw, cw)
         top = int(rng.integers(0, nh - th + 1))
         left = int(rng.integers(0, nw - tw + 1))
-        out = resize_crop(record, (nh, nw), (top, left, th, tw), self.image_mode)
+        if self.autoaugment is not None:
+            out = resize_crop(record, (nh, nw), None, self.image_mode)
+            out["image"] = self.autoaugment(out["image"], rng)
+            out = crop(out, top, left, th, tw)
+        else:
+            out = resize_crop(record, (nh, nw), (top, left, th, tw), self.image_mode)
         if self.color_jitter is not None:
             out["image"] = self.color_jitter(out["image"], rng)
         if self.flip and rng.random() < 0.5:
@@ -346,7 +357,8 @@ def build_transforms(data_cfg: Any, is_train: bool) -> Callable[..., Record]:
     (``color_jitter``, default on) and, when ``copy_paste`` (default on), a
     :class:`~kmax_deeplab.data.copy_paste.PanopticCopyPaste` whose pasted image uses the
     halved scale range. Reads ``crop_size``, ``min_scale``, ``max_scale``, ``flip``,
-    ``min_valid_pixels`` and optionally ``color_jitter``, ``copy_paste``. Test time:
+    ``min_valid_pixels`` and optionally ``color_jitter``, ``copy_paste``, ``autoaugment`` (a
+    deeplab2 policy name, :mod:`kmax_deeplab.data.autoaugment`; not on the pasted image). Test time:
     :class:`ResizeLongestAndPad`.
 
     Returns:
@@ -356,8 +368,13 @@ def build_transforms(data_cfg: Any, is_train: bool) -> Callable[..., Record]:
     if not is_train:
         return ResizeLongestAndPad(data_cfg.crop_size)
     jitter = ColorAugSSD() if getattr(data_cfg, "color_jitter", True) else None
+    autoaugment = None
+    if getattr(data_cfg, "autoaugment", ""):
+        from kmax_deeplab.data.autoaugment import AutoAugment
+
+        autoaugment = AutoAugment(data_cfg.autoaugment)
     main = LargeScaleJitter(data_cfg.crop_size, data_cfg.min_scale, data_cfg.max_scale, flip=data_cfg.flip,
-                            min_valid_pixels=data_cfg.min_valid_pixels, color_jitter=jitter)
+                            min_valid_pixels=data_cfg.min_valid_pixels, color_jitter=jitter, autoaugment=autoaugment)
     if not getattr(data_cfg, "copy_paste", True):
         return main
     from kmax_deeplab.data.copy_paste import PanopticCopyPaste  # copy_paste imports this module

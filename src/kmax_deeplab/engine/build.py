@@ -37,15 +37,34 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_prepare_batch(num_classes: int, stride: int = MASK_STRIDE) -> Callable[[Any, torch.device], tuple[Tensor, Any]]:
-    """Return ``batch -> (images [B,3,H,W] on device, stride-4 targets on device)``."""
+def make_prepare_batch(num_classes: int, stride: int = MASK_STRIDE,
+                       **weighting: Any) -> Callable[[Any, torch.device], tuple[Tensor, Any]]:
+    """Return ``batch -> (images [B,3,H,W] on device, stride-4 targets on device)``.
+
+    ``weighting``: ``small_instance_threshold``, ``small_instance_weight``, ``thing_classes``
+    (deeplab2's small-instance semantic weight, :func:`kmax_deeplab.data.targets.prepare_image_targets`).
+    """
     from kmax_deeplab.data.targets import prepare_targets
 
     def prepare(batch: Any, device: torch.device) -> tuple[Tensor, Any]:
         images = batch["images"].to(device, non_blocking=True)
-        return images, prepare_targets(batch["targets"], num_classes, stride=stride, device=device)
+        return images, prepare_targets(batch["targets"], num_classes, stride=stride, device=device, **weighting)
 
     return prepare
+
+
+def small_instance_weighting(cfg: Any) -> dict[str, Any]:
+    """``prepare_targets`` options of ``data.small_instance_weight`` / ``_threshold`` ({} when the weight is 1).
+
+    Thing classes come from the dataset catalog (deeplab2: ``class_has_instances_list``).
+    """
+    if float(getattr(cfg.data, "small_instance_weight", 1.0)) == 1.0:
+        return {}
+    from kmax_deeplab.data.catalog import get_dataset_meta
+
+    return dict(small_instance_weight=float(cfg.data.small_instance_weight),
+                small_instance_threshold=int(cfg.data.small_instance_threshold),
+                thing_classes=sorted(get_dataset_meta(cfg.data.dataset).thing_train_ids))
 
 
 def build_dataset(cfg: Any, split: str, *, is_train: bool | None = None) -> Any:
@@ -109,7 +128,7 @@ def build_training(cfg: Any, *, eval_max_images: int | None = None, with_eval: b
     if family.full_resolution_targets:
         from kmax_deeplab.engine.trainer import default_prepare_batch as prepare
     else:
-        prepare = make_prepare_batch(cfg.model.num_classes, family.mask_stride)
+        prepare = make_prepare_batch(cfg.model.num_classes, family.mask_stride, **small_instance_weighting(cfg))
     return TrainingParts(model, criterion, train_ds, collate, prepare, evaluate,
                          optimizer_factory=lambda m: family.build_optimizer(m, cfg),
                          scheduler_factory=lambda opt: family.build_scheduler(opt, cfg))
@@ -197,4 +216,4 @@ def train_from_config(cfg: Any, *, output_dir: str | Path | None = None, resume:
 
 
 __all__ = ["DistInfo", "TrainingParts", "build_dataset", "build_training", "export_final_weights",
-           "make_prepare_batch", "seed_everything", "train_from_config"]
+           "make_prepare_batch", "seed_everything", "small_instance_weighting", "train_from_config"]

@@ -145,7 +145,8 @@ class MaXCriterion(nn.Module):
                 [B, C+1, h, w]``.
             targets: B stride-4 targets (:func:`kmax_deeplab.data.targets.prepare_targets`):
                 ``masks`` bool ``[M, h, w]``, ``labels`` int64 ``[M]``, ``void`` bool
-                ``[h, w]``, ``semantic`` int64 ``[h, w]``.
+                ``[h, w]``, ``semantic`` int64 ``[h, w]``, optionally ``semantic_weight``
+                float32 ``[h, w]`` (the small-instance weight, deeplab2's semantic loss weights).
 
         Returns:
             Scalar float32 tensors, already weighted: ``loss_cls``, ``loss_dice``,
@@ -187,6 +188,10 @@ class MaXCriterion(nn.Module):
                 if outputs.get("semantic_logits") is None:
                     raise ValueError("MaXCriterion: loss_sem has a weight but outputs has no 'semantic_logits' "
                                      "(is the model in training mode?)")
+                weight = None
+                if all("semantic_weight" in t for t in targets):  # deeplab2's small-instance weight
+                    weight = torch.stack([t["semantic_weight"] for t in targets]).to(mt.semantic.device)
                 losses["loss_sem"] = semantic_loss(outputs["semantic_logits"].float(), mt.semantic, mt.void,
-                                                   mt.inverse_area, num_classes=self.num_classes, sample_k=0)
+                                                   mt.inverse_area, num_classes=self.num_classes, sample_k=0,
+                                                   weight=weight)
         return {name: value * w[name] for name, value in losses.items()}

@@ -38,6 +38,7 @@ def semantic_loss(
     sample_k: int = 4096,
     sample_temperature: float = 2.0,
     generator: Optional[torch.Generator] = None,
+    weight: Optional[Tensor] = None,
 ) -> Tensor:
     """Cross-entropy of the auxiliary semantic head, ignore index C (BD).
 
@@ -57,6 +58,9 @@ def semantic_loss(
         sample_k: K, or 0 for all pixels; clipped to the number of pixels.
         sample_temperature: tau for the sampling logits.
         generator: optional RNG for the Gumbel noise.
+        weight: optional ``[B, h, w]`` float per-pixel weight (deeplab2's
+            ``SEMANTIC_LOSS_WEIGHT_KEY``, e.g. the small-instance weight), multiplied into
+            the pixel losses before the non-zero mean (deeplab2 ``TopKCrossEntropyLoss``).
 
     Returns:
         Scalar float32 loss.
@@ -75,11 +79,17 @@ def semantic_loss(
         semantic = _subsample_to(semantic, size).flatten(1)  # [B, L]
         void = _subsample_to(void, size).flatten(1)
         inverse_area = _subsample_to(inverse_area, size).flatten(1)
+        if weight is not None:
+            weight = _subsample_to(weight, size).flatten(1).float()
         logits = semantic_logits.float().flatten(2)  # [B, C(+1), L]
         if sample_k > 0:
             idx = gumbel_topk_sample(sampling_logits(inverse_area, void, sample_temperature), sample_k, generator)
             semantic = torch.gather(semantic, 1, idx)  # [B, K]
+            if weight is not None:
+                weight = torch.gather(weight, 1, idx)
             logits = torch.gather(logits, 2, idx[:, None, :].expand(-1, logits.shape[1], -1))  # [B, C(+1), K]
         loss = F.cross_entropy(logits, semantic.long(), ignore_index=num_classes, reduction="none")  # [B, K]
         loss = loss * (semantic != num_classes).float()
+        if weight is not None:
+            loss = loss * weight
         return mean_over_nonzero(loss)

@@ -4,7 +4,8 @@ The model (:func:`~kmax_deeplab.modeling.max_deeplab.model.build_max_deeplab`), 
 (:class:`~kmax_deeplab.losses.max_deeplab.MaXCriterion`), the "pixelwise" post-processing
 (spec §4), the fixed canvas with ``(x - 127.5) / 127.5`` (§1), Adam (eps 1e-7, no weight decay)
 with deeplab2's 0.1x LR rule on the ImageNet-pretrained encoder part and warmup + poly (§5),
-and the deeplab2 TF checkpoint importer (§7, §10). Heavy modules are imported inside the
+and the deeplab2 TF checkpoint importers (§7, §10: ``deeplab2`` for the COCO checkpoints,
+``imagenet`` for the ImageNet axial-backbone initial checkpoints). Heavy modules are imported inside the
 functions.
 """
 
@@ -127,6 +128,25 @@ def import_deeplab2(src, model, cfg: Any, strict: bool = True):
                                         num_classes=cfg.model.num_classes, strict=strict)
 
 
+def import_imagenet(src, model, cfg: Any, strict: bool = True):
+    """deeplab2's ImageNet axial-backbone initial checkpoint into ``model``'s encoder backbone part.
+
+    The published ``max_deeplab_{s,l}_backbone_imagenet1k_strong_training_strategy`` (TF;
+    :data:`~kmax_deeplab.checkpoints.deeplab2_max.INIT_CHECKPOINTS`) sets exactly the
+    parameters of :func:`is_pretrained_encoder_parameter`, as deeplab2's
+    ``initial_checkpoint`` restore does; a one-line summary of what was left at its
+    initialisation goes to stderr.
+    """
+    import sys
+
+    from kmax_deeplab.checkpoints.deeplab2_max import load_deeplab2_max_init
+
+    report = load_deeplab2_max_init(src, model, variant=cfg.model.variant, is_backbone=is_pretrained_encoder_parameter,
+                                    strict=strict)
+    print(f"kmax convert: {src}: {report.summary()}", file=sys.stderr)
+    return model.state_dict()
+
+
 #: The keyword arguments of MaX-DeepLab's ``Family`` row.
 MAX_DEEPLAB = dict(
     name="max_deeplab",
@@ -138,7 +158,7 @@ MAX_DEEPLAB = dict(
     input_geometry=input_geometry,
     build_optimizer=build_optimizer,
     build_scheduler=build_scheduler,
-    importers={"deeplab2": import_deeplab2},
+    importers={"deeplab2": import_deeplab2, "imagenet": import_imagenet},
     check_config=check_config,
     inference_keys=("pred_logits", "pred_masks"),
     mask_stride=4,
