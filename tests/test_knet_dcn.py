@@ -168,3 +168,12 @@ def test_outputs_match_original_r101_dcn(dcn_case):
     # the seeded network claims nothing here; the R-50 fixtures check the merging itself
     np.testing.assert_array_equal(ids.numpy() == 0, gold["pan_results"] == 133)
     assert len(segs) == len(set(np.unique(gold["pan_results"]).tolist()) - {133})
+
+
+def test_unknown_dcn_option_is_one_config_error():
+    from kmax_deeplab.config.schema import load_config
+    from kmax_deeplab.errors import ConfigError
+
+    assert load_config("synthetic/knet_tiny", ["model.dcn=DCNv2"]).model.dcn == "DCNv2"
+    with pytest.raises(ConfigError, match=r"model\.dcn='DCNv3': unknown value; expected one of none, DCN, DCNv2"):
+        load_config("synthetic/knet_tiny", ["model.dcn=DCNv3"])
