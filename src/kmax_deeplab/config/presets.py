@@ -13,6 +13,8 @@ deeplab2 post-processing with its area limits) and, for R50, the deeplab2-layout
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Callable
 
 from kmax_deeplab.modeling.max_deeplab.config import MaXLossConfig, MaXModelConfig, MaXPostProcessConfig
@@ -400,6 +402,11 @@ for _task, _suffix in (("panoptic", ""), ("instance", "_instance")):
 PRESETS["synthetic/knet_semantic_tiny"] = _knet_semantic_tiny
 for _head in ("fcn", "pspnet", "deeplabv3", "upernet"):
     PRESETS[f"ade20k/knet_r50_d8_{_head}_512"] = (lambda h=_head: _knet_semantic(h))
+# mmsegmentation's K-Net + UPerNet (the released checkpoint): the UPerNet head 512 channels wide.
+PRESETS["ade20k/knet_r50_d8_upernet_512_mmseg"] = _named(
+    lambda: dataclasses.replace(_knet_semantic("upernet"),
+                                model=dataclasses.replace(_knet_semantic("upernet").model, head_channels=512)),
+    "ade20k/knet_r50_d8_upernet_512_mmseg")
 PRESETS["ade20k/knet_swin_t_upernet_512"] = lambda: _knet_semantic_swin("t", 512)
 PRESETS["ade20k/knet_swin_l_upernet_640"] = lambda: _knet_semantic_swin("l", 640)
 for _size in ("tiny", "small", "base", "large"):
