@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "bench_inference.py": ([], ["--preset", "synthetic/kmax_tiny", "--sizes", "129", "--repeats", "1",
                                 "--warmup", "0"]),
     "bench_train.py": ([], ["--preset", "synthetic/kmax_tiny", "--steps", "1"]),
+    "bench_semantic.py": ([], ["--quick", "--sizes", "128x171"]),
 }
 
 

@@ -196,7 +196,8 @@ def test_zoo_entries_and_mmdet_download_path(tmp_path, monkeypatch):
     assert {(e.preset, e.pq, e.metric) for e in knet.values()} == {
         ("coco/knet_r50_fpn_1x", 44.3, "PQ"), ("coco/knet_r50_fpn_ms3x", 47.1, "PQ"),
         ("coco/knet_r101_fpn_ms3x", 48.4, "PQ"), ("coco/knet_r50_fpn_1x_instance", 34.0, "mask AP"),
-        ("coco/knet_r101_dcn_fpn_ms3x", 49.6, "PQ"), ("coco/knet_r101_dcn_fpn_ms3x_instance", 40.5, "mask AP")}
+        ("coco/knet_r101_dcn_fpn_ms3x", 49.6, "PQ"), ("coco/knet_r101_dcn_fpn_ms3x_instance", 40.5, "mask AP"),
+        ("coco/knet_swin_l_fpn_ms3x", 54.6, "PQ")}
     name = "knet_r50_fpn_1x_coco_panoptic"
     monkeypatch.setitem(zoo.ZOO, name, dataclasses.replace(zoo.ZOO[name], preset="synthetic/knet_tiny"))
     cfg = get_preset("synthetic/knet_tiny")

@@ -9,6 +9,11 @@ Supported files (read safely by :func:`~kmax_deeplab.checkpoints.safe_load.load_
   ``stem.conv1``/``res2.0.conv1`` names, with ``.norm``; ``linear.*``/``fc.*`` dropped.
 - official FB ConvNeXt (``{"model": ...}``, e.g. 22k->1k 384): same names as ours; the final
   ``norm.*`` and the classifier ``head.*`` are dropped, as BD does.
+- official Swin (microsoft/Swin-Transformer ``{"model": ...}``, e.g.
+  ``swin_large_patch4_window7_224_22k.pth``): converted by :mod:`kmax_deeplab.checkpoints.swin`
+  (mmdet's ``swin_converter`` mapping); ``head.*``, the final ``norm.*`` and the
+  ``attn_mask`` / ``relative_position_index`` buffers dropped; ``norm{0..3}`` keep their
+  initialisation (the file has none).
 - timm ConvNeXt: ``stem.{0,1}``, ``stages.{i}.downsample.{0,1}``, ``stages.{i}.blocks.{j}.
   {conv_dw, norm, mlp.fc1, mlp.fc2, gamma}`` -> ours; ``head.*``/``norm_pre.*`` dropped.
 
@@ -88,7 +93,7 @@ def detect_imagenet_format(names: list[str]) -> str:
     if any(n.startswith("stem.0.") for n in s) and any(".blocks." in n for n in s):
         return "timm_convnext"
     raise CheckpointMismatchError(f"unrecognised ImageNet checkpoint layout (first keys: {sorted(s)[:8]}); "
-                                  f"supported: torchvision/detectron2 ResNet-50, FB/timm ConvNeXt")
+                                  f"supported: torchvision/detectron2 ResNet-50, FB/timm ConvNeXt, official Swin")
 
 
 def convert_imagenet(state: Mapping[str, np.ndarray | torch.Tensor], target: torch.nn.Module | Mapping[str, object],
@@ -107,12 +112,16 @@ def convert_imagenet(state: Mapping[str, np.ndarray | torch.Tensor], target: tor
         CheckpointMismatchError: unknown layout, leftovers or shape mismatches
             (e.g. a ResNet-50 into a ConvNeXt backbone).
     """
+    from kmax_deeplab.checkpoints.swin import is_official_swin, official_to_ours
+
     arrays = {}
     for k, v in to_numpy(state).items():
         for pre in ("module.", "backbone."):
             if k.startswith(pre):
                 k = k[len(pre):]
         arrays[k] = v
+    if is_official_swin(arrays):
+        return official_to_ours(arrays, target, classifier=True, strict=strict, source=f"{source} (official_swin)")
     fmt = detect_imagenet_format(list(arrays))
     rows, ignored = IMAGENET_TABLES[fmt]
     converted, origin, unmatched = apply_rows(arrays, rows, ignored=ignored)
@@ -133,7 +142,12 @@ def load_imagenet_backbone(path: str | Path, backbone: torch.nn.Module, *, stric
     Returns:
         The converted backbone state dict.
     """
-    sd = convert_imagenet(load_weights_file(path), backbone, strict=strict, source=str(path))
+    from kmax_deeplab.checkpoints.swin import is_official_swin, load_swin_imagenet
+
+    state = load_weights_file(path)
+    if is_official_swin([k.removeprefix("module.").removeprefix("backbone.") for k in state]):
+        return load_swin_imagenet(path, backbone, strict=strict)
+    sd = convert_imagenet(state, backbone, strict=strict, source=str(path))
     missing, unexpected = backbone.load_state_dict(sd, strict=False)
     if strict and (unexpected or any(not _is_new_layer(k) for k in missing)):  # convert_imagenet checked it
         raise CheckpointMismatchError(f"{path}: missing {missing[:5]}, unexpected {unexpected[:5]}")

@@ -11,6 +11,8 @@ mmdet (ZwwWayne/K-Net)                                     ours (:class:`kmax_de
 ``backbone.layer{s}.{b}.conv{k}.weight`` / ``bn{k}.*``     ``backbone.res{s+1}.{b}.conv{k}.weight`` / ``.norm.*``
 ``backbone.layer{s}.{b}.downsample.{0,1}.*``               ``backbone.res{s+1}.{b}.shortcut.{weight,norm.*}``
 ``backbone.layer{s}.{b}.conv2.conv_offset.*`` (DCN)        ``backbone.res{s+1}.{b}.conv2.conv_offset.*``
+``backbone.{patch_embed,stages,norm0..3}.*`` (Swin)        the same names (our Swin uses mmdet's layout)
+``backbone.stages.….attn.w_msa.relative_position_index``   dropped (derived; re-created on export)
 ``neck.lateral_convs.{i}.conv.*``, ``neck.fpn_convs.…``    ``neck.lateral_convs.{i}.*``, ``neck.output_convs.{i}.*``
 ``rpn_head.localization_fpn.convs_all_levels.{L}.conv{j}`` ``kernel_head.localization_fpn.levels.{L}.{2j}``
 ``rpn_head.localization_fpn.conv_pred`` / ``aux_convs.0``  ``kernel_head.localization_fpn.loc_out`` / ``sem_out``
@@ -51,6 +53,10 @@ __all__ = ["MMDET_TO_OURS", "OURS_TO_MMDET", "load_mmdet_checkpoint", "mmdet_to_
 _BN = r"(?P<p>weight|bias|running_mean|running_var|num_batches_tracked)"
 _LFPN = "rpn_head.localization_fpn"
 _STAGE = r"roi_head\.mask_head\.(?P<i>\d+)"
+#: Swin backbone entries (mmdet ``SwinTransformer`` names, the same as ours).
+_SWIN = r"backbone\.(?P<r>(?:patch_embed|stages)\..+|norm[0-3]\.(?:weight|bias))"
+#: mmdet stores Swin's relative_position_index buffers; ours derives them.
+_SWIN_DERIVED = (r"backbone\.stages\.\d+\.blocks\.\d+\.attn\.w_msa\.relative_position_index",)
 
 #: mmdet -> ours. The first matching row wins.
 MMDET_TO_OURS = (
@@ -63,6 +69,7 @@ MMDET_TO_OURS = (
         "backbone.res{s:+1}.{b}.shortcut.norm.{p}"),
     Row(r"backbone\.layer(?P<s>\d)\.(?P<b>\d+)\.conv2\.conv_offset\.(?P<p>weight|bias)",
         "backbone.res{s:+1}.{b}.conv2.conv_offset.{p}"),
+    Row(_SWIN, "backbone.{r}"),
     Row(r"neck\.lateral_convs\.(?P<i>\d)\.conv\.(?P<p>weight|bias)", "neck.lateral_convs.{i}.{p}"),
     Row(r"neck\.fpn_convs\.(?P<i>\d)\.conv\.(?P<p>weight|bias)", "neck.output_convs.{i}.{p}"),
     Row(rf"{_LFPN}\.convs_all_levels\.(?P<L>\d)\.conv(?P<j>\d)\.conv\.weight",
@@ -95,6 +102,7 @@ OURS_TO_MMDET = (
         "backbone.layer{s:-1}.{b}.downsample.1.{p}"),
     Row(r"backbone\.res(?P<s>\d)\.(?P<b>\d+)\.conv2\.conv_offset\.(?P<p>weight|bias)",
         "backbone.layer{s:-1}.{b}.conv2.conv_offset.{p}"),
+    Row(_SWIN, "backbone.{r}"),
     Row(r"neck\.lateral_convs\.(?P<i>\d)\.(?P<p>weight|bias)", "neck.lateral_convs.{i}.conv.{p}"),
     Row(r"neck\.output_convs\.(?P<i>\d)\.(?P<p>weight|bias)", "neck.fpn_convs.{i}.conv.{p}"),
     Row(r"kernel_head\.localization_fpn\.levels\.(?P<L>\d)\.(?P<j>[02468])\.conv\.weight",
@@ -138,7 +146,7 @@ def mmdet_to_ours(state: Mapping[str, np.ndarray | torch.Tensor], target: torch.
     """
     state = to_numpy(state)
     _check_family_and_task(state, target_shapes(target), source)
-    converted, origin, unmatched = apply_rows(state, MMDET_TO_OURS)
+    converted, origin, unmatched = apply_rows(state, MMDET_TO_OURS, ignored=_SWIN_DERIVED)
     return check_against_target(converted, target_shapes(target), source=source, unmatched=unmatched,
                                 origin=origin, strict=strict)
 
@@ -162,15 +170,19 @@ def _check_family_and_task(state: Mapping[str, np.ndarray], target: Mapping[str,
 
 
 def ours_to_mmdet(state: Mapping[str, np.ndarray | torch.Tensor]) -> dict[str, np.ndarray]:
-    """Rename our K-Net state dict to the original mmdet names (tensors unchanged).
+    """Rename our K-Net state dict to the original mmdet names (tensors unchanged); a Swin backbone
+    gets the ``relative_position_index`` buffers mmdet's ``WindowMSA`` stores (loaded strictly there).
 
     Raises:
         CheckpointMismatchError: a key no row converts (not a K-Net state dict).
     """
+    from kmax_deeplab.checkpoints.swin import relative_position_index_entries
+
     converted, _, unmatched = apply_rows(to_numpy(state), OURS_TO_MMDET)
     if unmatched:
         raise CheckpointMismatchError(f"cannot export to the mmdet K-Net layout: {len(unmatched)} keys "
                                       f"have no mmdet name: {unmatched[:20]}")
+    converted.update({k: v.numpy() for k, v in relative_position_index_entries(converted, "backbone.").items()})
     return converted
 
 

@@ -151,6 +151,11 @@ _ENTRIES += [
     ZooEntry("knet_r101_fpn_ms3x_coco_panoptic",
              _KNET + "knet_s3_r101_fpn_ms-3x_coco-panoptic/knet_s3_r101_fpn_ms-3x_coco-panoptic_20211017_054501-9c600b0c.pth",
              "mmdet", "coco", "resnet101", "coco/knet_r101_fpn_ms3x", 48.4),
+    ZooEntry("knet_swin_l_fpn_ms3x_coco_panoptic",
+             _KNET + "knet_s3_swin-l_fpn_ms-3x_16x2_coco-panoptic/"
+             "knet_s3_swin-l_fpn_ms-3x_16x2_coco-panoptic_20211020_062341-62f3bbff.pth",
+             "mmdet", "coco", "swin_l", "coco/knet_swin_l_fpn_ms3x", 54.6,
+             note="COCO val; 55.2 on test-dev"),
     ZooEntry("knet_r50_fpn_1x_coco_instance",
              _KNET + "knet_s3_r50_fpn_1x_coco/knet_s3_r50_fpn_1x_coco_20211016_113017-8a8645d4.pth",
              "mmdet", "coco", "resnet50", "coco/knet_r50_fpn_1x_instance", 34.0, metric="mask AP"),

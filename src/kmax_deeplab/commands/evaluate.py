@@ -32,10 +32,11 @@ def _run_semantic(args: argparse.Namespace) -> int:
     """``--task semantic``: mmseg-identical mIoU / per-class IoU / pixel accuracy of label PNGs."""
     from kmax_deeplab.evaluation.errors import SemanticEvaluationError
     from kmax_deeplab.evaluation.semantic import evaluate_semantic_folders
-    from kmax_deeplab.fileio import atomic_write_text
 
     if not args.gt_folder or not args.pred_folder:
         return _usage_error("--task semantic needs --gt-folder and --pred-folder (label PNGs)")
+    if args.gt_json:  # panoptic ground truth: its semantic maps (train ids, void 255)
+        return _run_semantic_from_panoptic(args)
     names, reduce = None, args.reduce_zero_label
     num_classes = args.num_classes
     if args.dataset == "ade20k":
@@ -55,6 +56,13 @@ def _run_semantic(args: argparse.Namespace) -> int:
     except SemanticEvaluationError as exc:
         print(f"kmax evaluate: error: {exc}", file=sys.stderr)
         return 1
+    return _report_semantic(args, res)
+
+
+def _report_semantic(args: argparse.Namespace, res: dict) -> int:
+    """Print (and with ``--output`` write) the semantic metrics."""
+    from kmax_deeplab.fileio import atomic_write_text
+
     if args.per_class:
         print(f"{'class':<28} {'IoU':>7} {'Acc':>7}")
         for name, iou, acc in zip(res["per_class_iou"], res["IoU"], res["Acc"]):
@@ -73,6 +81,41 @@ def _run_semantic(args: argparse.Namespace) -> int:
         atomic_write_text(args.output, json.dumps(_jsonable(out), indent=2, allow_nan=False) + "\n")
         print(f"results written to {args.output}")
     return 0
+
+
+def _run_semantic_from_panoptic(args: argparse.Namespace) -> int:
+    """``--task semantic --gt-json PANOPTIC.json --gt-folder PANOPTIC_PNGS``: mIoU of label PNGs
+    (train ids) against the semantic maps of panoptic ground truth
+    (:func:`kmax_deeplab.data.panoptic_semantic.iter_semantic_labels`: void 255, crowd keeps its
+    class unless ``--crowd ignore``); the prediction of image ``<stem>.<ext>`` is ``<stem>.png``."""
+    import numpy as np
+
+    from kmax_deeplab.data.catalog import get_dataset_meta, meta_from_categories
+    from kmax_deeplab.data.coco_panoptic import COCOPanopticDataset
+    from kmax_deeplab.data.image_io import PanopticDataError
+    from kmax_deeplab.data.panoptic_semantic import iter_semantic_labels
+    from kmax_deeplab.data.semantic import load_label_png
+    from kmax_deeplab.evaluation.semantic import SemSegAccumulator
+    from pathlib import Path
+
+    try:
+        if args.dataset == "custom":
+            cats = json.loads(Path(args.gt_json).read_text(encoding="utf-8")).get("categories") or []
+            meta = meta_from_categories("custom", cats)
+        else:
+            meta = get_dataset_meta(args.dataset)
+        gt = COCOPanopticDataset(args.gt_folder, args.gt_json, args.gt_folder, meta)
+        acc = SemSegAccumulator(meta.num_classes, ignore_index=args.ignore_index,
+                                class_names=list(meta.class_names))
+        for stem, label in iter_semantic_labels(gt, crowd=args.crowd):
+            pred_path = Path(args.pred_folder) / f"{stem}.png"
+            if not pred_path.is_file():
+                raise PanopticDataError(f"{pred_path}: no prediction for ground truth {stem!r}")
+            acc.update(load_label_png(pred_path), label.astype(np.int64), image_id=stem)
+    except (PanopticDataError, OSError, ValueError) as exc:
+        print(f"kmax evaluate: error: {exc}", file=sys.stderr)
+        return 1
+    return _report_semantic(args, acc.compute())
 
 
 def run(args: argparse.Namespace) -> int:
@@ -215,10 +258,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--task", choices=("panoptic", "semantic"), default="panoptic",
                    help="semantic: mIoU / per-class IoU / pixel accuracy of label PNGs in --pred-folder "
                         "against --gt-folder, identical to mmsegmentation's definition (ignore label, "
-                        "NaN for classes absent from both)")
+                        "NaN for classes absent from both); with --gt-json the ground truth is a "
+                        "COCO-panoptic JSON + PNG folder (--gt-folder) whose semantic maps (train ids of "
+                        "--dataset, void 255) are derived, predictions <image stem>.png in train ids")
     p.add_argument("--num-classes", type=int, default=None,
                    help="--task semantic: number of classes K (default with --dataset ade20k: 150)")
     p.add_argument("--ignore-index", type=int, default=255, help="--task semantic: GT value ignored (255)")
+    p.add_argument("--crowd", choices=("class", "ignore"), default="class",
+                   help="--task semantic with a panoptic --gt-json: crowd segments keep their class "
+                        "(Mask2Former's / kmax prepare coco's rule, default) or are ignored")
     p.add_argument("--reduce-zero-label", action="store_true",
                    help="--task semantic: GT 0 becomes the ignore value and v becomes v-1 (ADE20K; "
                         "implied by --dataset ade20k)")

@@ -69,10 +69,13 @@ def coco_image_id(path: Path):
 def predict_files(predictor, files: Sequence[Path], output: str | Path, *, overlay: bool = True,
                   progress: bool = True, resume: bool = False, overwrite: bool = False,
                   max_pixels: int | None = None, task: str = "panoptic",
-                  save_format: str = "coco") -> tuple[int, list[str]]:
+                  save_format: str = "coco", label_ids: str = "train") -> tuple[int, list[str]]:
     """Predict ``files`` and write ``<stem>.png``, ``<stem>_overlay.jpg`` and ``predictions.json``;
     with ``task="instance"`` write ``instances_results.json`` (COCO instance results:
-    ``image_id``, ``category_id``, ``score``, RLE ``segmentation``) instead.
+    ``image_id``, ``category_id``, ``score``, RLE ``segmentation``) instead; with
+    ``task="semantic"`` (a semantic model) ``<stem>.png`` is a label PNG with a palette
+    (:class:`~kmax_deeplab.engine.semantic_writer.SemanticPredictionWriter`, ids per
+    ``label_ids``: ``"train"`` or ``"dataset"``) and ``<stem>_overlay.jpg`` its colour overlay.
 
     Finished work is never lost (:mod:`kmax_deeplab.engine.predict_journal`): each image is
     committed to the folder's journal as soon as its files are written, and
@@ -112,10 +115,19 @@ def predict_files(predictor, files: Sequence[Path], output: str | Path, *, overl
     from kmax_deeplab.engine.writers import PredictionWriter
 
     if instances is None:
+        if task == "semantic":
+            from kmax_deeplab.engine.semantic_writer import label_palette
+
+            label_palette(predictor.meta, label_ids)  # a bad --label-ids fails before the folder is used
         journal = open_journal(output, predictor.meta.categories, overlay=overlay, resume=resume,
                                overwrite=overwrite)
-        writer = PredictionWriter(output, predictor.meta.categories, overlay=overlay,
-                                  save_format=save_format)
+        if task == "semantic":
+            from kmax_deeplab.engine.semantic_writer import SemanticPredictionWriter
+
+            writer = SemanticPredictionWriter(output, predictor.meta, overlay=overlay, label_ids=label_ids)
+        else:
+            writer = PredictionWriter(output, predictor.meta.categories, overlay=overlay,
+                                      save_format=save_format)
         writer.reserve_stems(journal.stems())
         todo = [p for p in files if not journal.is_done(p)]
     else:  # instance results are one JSON, written at the end and on any stop
@@ -247,10 +259,27 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from kmax_deeplab.engine.predict_journal import check_output_folder
 
+    if args.task == "semantic" and args.save_format != "coco":
+        from kmax_deeplab.errors import ConfigError
+
+        raise ConfigError(f"--save-format={args.save_format}: --task semantic writes label PNGs only "
+                          "(see --label-ids)")
     check_output_folder(args.output, resume=args.resume, overwrite=args.overwrite)
     # Errors building the predictor (config, weights, zoo) follow the CLI error policy:
     # one line; exit code 2 for config values, 1 for unusable files.
     predictor = _build_predictor(args)
+    from kmax_deeplab.modeling.families import task_of
+
+    model_task = task_of(predictor.cfg)
+    arch = predictor.cfg.model.meta_architecture
+    if args.task == "semantic" and model_task != "semantic":
+        print(f"kmax predict: --task semantic needs a semantic model (model.task 'semantic', e.g. "
+              f"ade20k/knet_r50_d8_upernet_512); this {arch!r} model is {model_task!r}", file=sys.stderr)
+        return 2
+    if model_task == "semantic" and args.task != "semantic":
+        print(f"kmax predict: this {arch!r} model is a semantic model (model.task 'semantic'): "
+              "use --task semantic", file=sys.stderr)
+        return 2
     if args.task == "instance" and getattr(predictor.cfg.model, "task", "panoptic") != "instance":
         print(f"kmax predict: --task instance needs an instance model (model.task 'instance', e.g. "
               f"coco/knet_r50_fpn_1x_instance); this {predictor.cfg.model.meta_architecture!r} model is "
@@ -259,7 +288,8 @@ def run(args: argparse.Namespace) -> int:
     done, errors = predict_files(predictor, files, args.output, overlay=not args.no_overlay,
                                  progress=not args.quiet, resume=args.resume,
                                  overwrite=args.overwrite, max_pixels=args.max_pixels,
-                                 task=args.task, save_format=args.save_format)
+                                 task=args.task, save_format=args.save_format,
+                                 label_ids=args.label_ids)
     print(f"kmax predict: wrote {done} prediction(s) to {args.output}"
           + (f"; skipped {len(errors)} unreadable file(s)" if errors else ""), file=sys.stderr)
     return 0 if (done or not errors) else 1
@@ -316,9 +346,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="autocast dtype of the forward pass (post-processing is fp32)")
     p.add_argument("--compile", action="store_true", help="wrap the model in torch.compile")
     p.add_argument("--no-overlay", action="store_true", help="do not write <stem>_overlay.jpg")
-    p.add_argument("--task", choices=("panoptic", "instance"), default="panoptic",
+    p.add_argument("--task", choices=("panoptic", "instance", "semantic"), default="panoptic",
                    help="panoptic: PNG + predictions.json; instance: instances_results.json (COCO instance "
-                        "results with RLE masks; needs an instance model, e.g. coco/knet_r50_fpn_1x_instance)")
+                        "results with RLE masks; needs an instance model, e.g. coco/knet_r50_fpn_1x_instance); "
+                        "semantic: <stem>.png label PNGs with the dataset palette + overlays (needs a semantic "
+                        "model, model.task 'semantic'; whole/slide/flip/scales from the config's test settings), "
+                        "readable by kmax evaluate --task semantic")
+    p.add_argument("--label-ids", choices=("train", "dataset"), default="train",
+                   help="--task semantic: values of the label PNGs: train ids 0..C-1 (default; what kmax "
+                        "evaluate --task semantic --reduce-zero-label compares with ADE20K annotations) or the "
+                        "dataset's own ids (ADE20K: train id + 1; Cityscapes label ids; COCO category ids)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--save-format", choices=("coco", "cityscapes", "npz"), default="coco",
                    help="coco: <stem>.png ids + predictions.json (default); cityscapes: also "

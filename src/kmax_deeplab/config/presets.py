@@ -229,6 +229,32 @@ def _knet(backbone: str, schedule: str, task: str, dcn: str = "none") -> Config:
     )
 
 
+# The Swin-L config trains on 16 GPUs x 2 images: 32 per step -> 3,697 steps per epoch.
+_KNET_SWIN_EPOCH = 3697
+
+
+def _knet_swin_l(task: str) -> Config:
+    """K-Net Swin-L ms-3x (``configs/det/knet/knet_s3_swin-l_fpn_ms-3x_16x2_coco-panoptic.py``): the ms-3x
+    recipe of :func:`_knet` with mmdet's Swin-L (window 7, drop path 0.2, nothing frozen; ImageNet-22k
+    init ``swin_large_patch4_window7_224_22k.pth``), FPN on 192/384/768/1536 channels, batch 32 (16 x 2),
+    so 36 epochs are 36 x 3,697 steps with the decay at epochs 27 and 33; LR and backbone 0.25x as R-50.
+
+    The original ships the panoptic config only; ``task="instance"`` is ours (80 thing classes, the
+    instance R-50 ms-3x head on this backbone).
+    """
+    cfg = _knet("resnet50", "ms3x", task)
+    cfg.name = "coco/knet_swin_l_fpn_ms3x" + ("" if task == "panoptic" else "_instance")
+    cfg.model.backbone = "swin_l"
+    cfg.model.backbone_drop_path = 0.2
+    cfg.model.frozen_stages = -1
+    cfg.model.norm_eval = False
+    s = cfg.solver
+    s.batch_size = 32
+    s.max_iters = 36 * _KNET_SWIN_EPOCH
+    s.lr_steps = (27 * _KNET_SWIN_EPOCH, 33 * _KNET_SWIN_EPOCH)
+    return cfg
+
+
 def _knet_tiny(task: str = "panoptic") -> Config:
     """A small K-Net for tests: synthetic data (4 thing + 3 stuff classes), 128x128, CPU-trainable."""
     from kmax_deeplab.modeling.knet.config import KNetLossConfig, KNetModelConfig, KNetPostProcessConfig
@@ -286,6 +312,28 @@ def _knet_semantic(decode_head: str) -> Config:
     )
 
 
+def _knet_semantic_swin(size: str, crop: int) -> Config:
+    """The semantic K-Net + UPerNet on Swin
+    (``configs/seg/knet/knet_s3_upernet_swin-{t,l}_80k_adamw[_640x640]_ade20k.py``):
+    the UPerNet R-50 recipe of :func:`_knet_semantic` with Swin-T (drop path 0.3) or Swin-L (640²: drop path
+    0.4, crops 640x640 from a 2048x640 ratio resize, test at 2048x640), AdamW lr 6e-5, betas (0.9, 0.999),
+    weight decay 5e-4 except the Swin configs' ``paramwise_cfg`` keys (``absolute_pos_embed``,
+    ``relative_position_bias_table``, ``norm``: no decay); ImageNet init from the official
+    ``swin_tiny_patch4_window7_224.pth`` / ``swin_large_patch4_window7_224_22k.pth``
+    (``kmax convert --from imagenet``)."""
+    cfg = _knet_semantic("upernet")
+    cfg.name = f"ade20k/knet_swin_{size}_upernet_{crop}"
+    m = cfg.model
+    m.backbone = f"swin_{size}"
+    m.backbone_drop_path = 0.3 if size == "t" or crop == 512 else 0.4
+    m.no_decay_keys = ("absolute_pos_embed", "relative_position_bias_table", "norm")
+    m.image_size = (crop, 2048)
+    cfg.data.crop_size = (crop, crop)
+    cfg.solver.base_lr = 6e-5
+    cfg.solver.betas = (0.9, 0.999)
+    return cfg
+
+
 def _named(factory: Callable[[], Config], name: str) -> Callable[[], Config]:
     def build() -> Config:
         cfg = factory()
@@ -319,8 +367,11 @@ for _task, _suffix in (("panoptic", ""), ("instance", "_instance")):
         _n = f"coco/knet_{'r50' if _bb == 'resnet50' else 'r101'}_fpn_{_sched}{_suffix}"
         PRESETS[_n] = (lambda bb=_bb, sc=_sched, t=_task: _knet(bb, sc, t))
     PRESETS[f"coco/knet_r101_dcn_fpn_ms3x{_suffix}"] = (lambda t=_task: _knet("resnet101", "ms3x", t, dcn="DCN"))
+    PRESETS[f"coco/knet_swin_l_fpn_ms3x{_suffix}"] = (lambda t=_task: _knet_swin_l(t))
 for _head in ("fcn", "pspnet", "deeplabv3", "upernet"):
     PRESETS[f"ade20k/knet_r50_d8_{_head}_512"] = (lambda h=_head: _knet_semantic(h))
+PRESETS["ade20k/knet_swin_t_upernet_512"] = lambda: _knet_semantic_swin("t", 512)
+PRESETS["ade20k/knet_swin_l_upernet_640"] = lambda: _knet_semantic_swin("l", 640)
 for _size in ("tiny", "small", "base", "large"):
     _bb = f"convnext_{_size}"
     _factories = {

@@ -108,7 +108,9 @@ def dataset_meta(cfg: Any):
 
 
 class Predictor:
-    """Panoptic prediction for images of any size with a mask-transformer model.
+    """Panoptic prediction for images of any size with a mask-transformer model; for a semantic
+    model (``model.task == "semantic"``) semantic prediction (:meth:`predict_semantic`, also what
+    calling it returns).
 
     Example:
         >>> predictor = Predictor.from_zoo("kmax_r50_coco")  # doctest: +SKIP
@@ -160,6 +162,14 @@ class Predictor:
         self.geometry = self.family.input_geometry(cfg)
         self.canvas = tuple(int(s) for s in cfg.model.image_size)
         self.is_thing = [bool(self.meta.is_thing(i)) for i in range(self.meta.num_classes)]
+        from kmax_deeplab.modeling.families import task_of
+
+        self.task = task_of(cfg)
+        self.semantic_test = None
+        if self.task == "semantic":  # whole / sliding window / TTA settings of the config
+            from kmax_deeplab.engine.semantic_inference import SemanticTestConfig
+
+            self.semantic_test = SemanticTestConfig.from_config(cfg)
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -312,9 +322,48 @@ class Predictor:
                                                  dtype=torch.float32)},
         }
 
+    def predict_semantic(self, image: np.ndarray, *, probabilities: bool = False) -> dict:
+        """Semantic prediction of one RGB ``[H, W, 3]`` uint8 array with a semantic model
+        (``model.task == "semantic"``): :func:`~kmax_deeplab.engine.semantic_inference.semantic_inference`
+        with the config's test settings (:attr:`semantic_test`: whole image or sliding window,
+        flip / multi-scale), the model's eval-mode ``forward(x)["sem_seg"]`` (logits
+        ``[1, C, h, w]`` at the input size) run per pass or window under the predictor's
+        device, dtype and memory format.
+
+        Returns:
+            ``{"semantic": int64 [H, W] train ids (argmax of the averaged probabilities)}``,
+            with ``probabilities=True`` also ``"probabilities"``: float32 ``[C, H, W]`` tensor.
+
+        Raises:
+            ValueError: the model is not a semantic model, or returns no ``sem_seg`` logits
+                at its input size.
+        """
+        from kmax_deeplab.engine.semantic_inference import semantic_inference
+
+        if self.semantic_test is None:
+            raise ValueError(f"predict_semantic needs a semantic model (model.task 'semantic'); this "
+                             f"{self.cfg.model.meta_architecture!r} model is {self.task!r}")
+
+        def model_fn(x: torch.Tensor) -> torch.Tensor:
+            x = x.to(self.device, memory_format=self.memory_format)
+            with torch.autocast(self.device.type, dtype=DTYPES[self.dtype], enabled=self.dtype != "fp32"):
+                out = self._forward(x)
+            logits = out.get("sem_seg") if hasattr(out, "get") else None
+            if logits is None:
+                raise ValueError(f"the {self.cfg.model.meta_architecture!r} model returned no 'sem_seg' logits")
+            return logits.float()
+
+        with torch.inference_mode():
+            probs = semantic_inference(model_fn, image, self.semantic_test)
+        result = {"semantic": probs.argmax(0).cpu().numpy().astype(np.int64)}
+        if probabilities:
+            result["probabilities"] = probs.cpu()
+        return result
+
     def predict_arrays(self, images: Sequence[np.ndarray], *, semantic: bool = False,
                        output_format: str | None = None) -> list[dict]:
-        """Predict a batch of RGB ``[H, W, 3]`` uint8 arrays in one forward pass.
+        """Predict a batch of RGB ``[H, W, 3]`` uint8 arrays in one forward pass (a semantic
+        model: :meth:`predict_semantic` of each, ``{"semantic": int64 [H, W] train ids}``).
 
         Returns:
             ``"coco"`` format: one dict per image, ``panoptic`` ``[H, W]`` int32 numpy
@@ -326,6 +375,8 @@ class Predictor:
             ``pred_masks [K, H, W]`` bool, ``pred_classes [K]`` int64, ``scores [K]``,
             ``image_size`` (the thing segments; detectron2 is not imported).
         """
+        if self.task == "semantic":
+            return [self.predict_semantic(img) for img in images]
         raw = self.forward_batch(images)
         return self.postprocess(raw, [img.shape[:2] for img in images], semantic=semantic,
                                 output_format=output_format)

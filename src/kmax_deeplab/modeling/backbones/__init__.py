@@ -22,6 +22,7 @@ from kmax_deeplab.modeling.backbones.conv_norm import (
     freeze_batch_norms,
 )
 from kmax_deeplab.modeling.backbones.convnext import ConvNeXt, ConvNeXtBlock, convnext
+from kmax_deeplab.modeling.backbones.swin import SWIN_SIZES, SwinTransformer
 from kmax_deeplab.modeling.backbones.resnet import (
     BottleneckBlock,
     PreActBottleneckBlock,
@@ -93,6 +94,8 @@ __all__ = [
     "FrozenBatchNorm2d",
     "PreActBottleneckBlock",
     "ResNet",
+    "SWIN_SIZES",
+    "SwinTransformer",
     "build_backbone",
     "check_feature_info",
     "convnext",

@@ -17,7 +17,8 @@ class KNetModelConfig(ModelConfig):
     """K-Net architecture: the shared :class:`ModelConfig` fields plus these.
 
     Shared fields as K-Net reads them: ``backbone`` ``resnet50`` / ``resnet101`` (mmdet
-    "pytorch" style, ImageNet mean/std) or ``resnet_tiny``; ``num_classes`` C (panoptic COCO
+    "pytorch" style, ImageNet mean/std), ``swin_t`` / ``swin_l`` (Swin, window 7) or
+    ``resnet_tiny``; ``backbone_drop_path`` Swin's stochastic depth (Swin-L 0.2); ``num_classes`` C (panoptic COCO
     133, instance 80); ``num_queries`` the thing kernels (100); ``image_size`` the test
     scale ``(short, long)`` = (800, 1333) images are resized to, keeping the aspect ratio;
     ``norm`` the backbone's batch norm.
@@ -28,7 +29,8 @@ class KNetModelConfig(ModelConfig):
         num_stages: kernel update stages (3).
         hidden_dim / num_heads / ffn_dim: kernel width, attention heads, FFN width (256/8/2048).
         num_groups: GroupNorm groups of the localisation FPN and kernel head (32).
-        frozen_stages / norm_eval: mmdet backbone freezing (1: stem + res2; BN statistics frozen).
+        frozen_stages / norm_eval: mmdet backbone freezing (ResNet 1: stem + res2; BN statistics frozen;
+            Swin -1: nothing frozen, as the original Swin-L config).
         train_short: training short side drawn uniformly from this range, long side at most
             ``image_size[1]`` (1x: (800, 800); ms-3x: (640, 800)).
         dcn: ``"none"``, ``"DCN"`` (mmcv deformable conv v1: K-Net's R-101-DCN configs,

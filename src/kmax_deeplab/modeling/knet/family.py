@@ -5,7 +5,7 @@ Model :func:`~kmax_deeplab.modeling.knet.model.build_knet`; criterion
 :class:`~kmax_deeplab.geometry.ResizePad` (1333x800 keeping the ratio, pad to 32, ImageNet
 mean/std); AdamW with the backbone at ``solver.backbone_lr_multiplier`` (0.25) and weight decay
 on every parameter (the original exempts nothing); warmup + step decay; importers ``mmdet``
-(the released ``.pth``) and ``imagenet`` (torchvision ResNet). Heavy modules load lazily.
+(the released ``.pth``) and ``imagenet`` (torchvision ResNet, official Swin). Heavy modules load lazily.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ def build_model(cfg: Any):
                        num_thing_classes=m.num_thing_classes, num_kernels=m.num_queries, num_stages=m.num_stages,
                        channels=m.hidden_dim, num_heads=m.num_heads, ffn_channels=m.ffn_dim,
                        num_groups=m.num_groups, frozen_stages=m.frozen_stages, norm_eval=m.norm_eval,
-                       dcn=None if m.dcn == "none" else m.dcn, stage_with_dcn=m.stage_with_dcn)
+                       dcn=None if m.dcn == "none" else m.dcn, stage_with_dcn=m.stage_with_dcn,
+                       backbone_drop_path=m.backbone_drop_path)
     if m.norm == "SyncBN":
         import torch
 
@@ -96,6 +97,9 @@ def check_config(cfg: Any) -> None:
     if m.task == "instance" and m.num_classes != m.num_thing_classes:
         raise ValueError(f"model.task 'instance' trains on the thing classes only: model.num_classes "
                          f"({m.num_classes}) must equal model.num_thing_classes ({m.num_thing_classes})")
+    if m.backbone_drop_path and not m.backbone.startswith("swin_"):
+        raise ValueError(f"model.backbone_drop_path: K-Net's {m.backbone!r} has no stochastic depth (only swin_t / "
+                         f"swin_l), got {m.backbone_drop_path}")
     if m.num_thing_classes > m.num_classes:
         raise ValueError(f"model.num_thing_classes ({m.num_thing_classes}) > model.num_classes ({m.num_classes})")
 
@@ -128,7 +132,8 @@ def import_mmdet(src, model, cfg: Any, strict: bool = True):
 
 
 def import_imagenet(src, model, cfg: Any, strict: bool = True):
-    """torchvision ResNet ImageNet weights into ``model.backbone``; the rest keeps its initialisation."""
+    """ImageNet weights into ``model.backbone`` (torchvision ResNet, or the official Swin checkpoints
+    such as ``swin_large_patch4_window7_224_22k.pth``); the rest keeps its initialisation."""
     from kmax_deeplab.checkpoints.imagenet import load_imagenet_backbone
 
     load_imagenet_backbone(src, model.backbone, strict=strict)

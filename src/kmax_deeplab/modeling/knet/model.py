@@ -1,6 +1,6 @@
 """K-Net (Zhang et al., NeurIPS 2021) for panoptic and instance segmentation (knet.md §1-§5).
 
-backbone (ResNet "pytorch" style) -> FPN P2..P5 -> :class:`KernelInitHead` (localisation FPN,
+backbone (ResNet "pytorch" style or Swin) -> FPN P2..P5 -> :class:`KernelInitHead` (localisation FPN,
 initial kernels and masks at stride 8) -> ``num_stages`` × :class:`KernelUpdateHead`.
 
 State-dict layout (ours; :mod:`kmax_deeplab.checkpoints.mmdet` maps it to and from the
@@ -29,7 +29,7 @@ from kmax_deeplab.modeling.knet.kernel_head import KernelInitHead
 from kmax_deeplab.modeling.knet.kernel_update import KernelUpdateHead
 from kmax_deeplab.modeling.knet.neck import FPN
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "KNet", "SIZE_DIVISOR", "TASKS", "build_knet"]
+__all__ = ["BACKBONES", "IMAGENET_MEAN", "SWIN_BACKBONES", "IMAGENET_STD", "KNet", "SIZE_DIVISOR", "TASKS", "build_knet"]
 
 #: ImageNet RGB mean / std on 0..255 (mmdet ``img_norm_cfg``).
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
@@ -38,6 +38,9 @@ IMAGENET_STD = (58.395, 57.12, 57.375)
 SIZE_DIVISOR = 32
 TASKS = ("panoptic", "instance")
 FPN_FEATURES = ("res2", "res3", "res4", "res5")
+#: K-Net backbone name -> Swin size (:data:`~kmax_deeplab.modeling.backbones.swin.SWIN_SIZES`).
+SWIN_BACKBONES = {"swin_t": "tiny", "swin_l": "large"}
+BACKBONES = ("resnet50", "resnet101", *SWIN_BACKBONES, "resnet_tiny")
 
 
 class KNet(nn.Module):
@@ -148,14 +151,18 @@ def build_knet(*, task: str = "panoptic", backbone: str = "resnet50", num_classe
                num_thing_classes: int = 80, num_kernels: int = 100, num_stages: int = 3,
                channels: int = 256, num_heads: int = 8, ffn_channels: int = 2048,
                num_groups: int = 32, frozen_stages: int = 1, norm_eval: bool = True,
-               dcn: Optional[str] = None, stage_with_dcn: Sequence[bool] = (False, True, True, True)) -> KNet:
+               dcn: Optional[str] = None, stage_with_dcn: Sequence[bool] = (False, True, True, True),
+               backbone_drop_path: float = 0.0) -> KNet:
     """Build K-Net with fresh weights.
 
     Args:
         task: ``"panoptic"`` (C = 133 with COCO: 100 thing + 53 stuff kernels) or
             ``"instance"`` (C = 80: 100 kernels).
         backbone: ``"resnet50"``, ``"resnet101"`` (mmdet "pytorch" style, eps 1e-5,
-            ``frozen_stages``/``norm_eval``) or ``"resnet_tiny"`` (tests).
+            ``frozen_stages``/``norm_eval``), ``"swin_t"`` / ``"swin_l"`` (Swin-T / Swin-L, window 7,
+            mmdet's ``SwinTransformer`` as ``knet_s3_swin-l_fpn_ms-3x_16x2_coco-panoptic.py`` builds it:
+            FPN inputs ``C, 2C, 4C, 8C``; ``frozen_stages`` is mmdet Swin's, the original uses -1;
+            ``norm_eval`` has nothing to act on, Swin has no batch norm) or ``"resnet_tiny"`` (tests).
         num_classes: C; default 133 (panoptic) / ``num_thing_classes`` (instance).
         num_thing_classes: thing classes (80); the stuff classes are ``num_thing_classes..C-1``.
         num_kernels: thing kernels (100).
@@ -165,11 +172,15 @@ def build_knet(*, task: str = "panoptic", backbone: str = "resnet50", num_classe
         dcn: None, ``"DCN"`` (mmcv v1, what K-Net's R-101-DCN configs use) or ``"DCNv2"``: the
             3×3 convs of the ResNet stages flagged by ``stage_with_dcn`` (res2..res5) become
             deformable (``resnet50`` / ``resnet101`` / ``resnet_tiny``).
+        backbone_drop_path: Swin's largest stochastic-depth rate (K-Net Swin-L: 0.2); ResNets
+            have none and accept only 0.
 
     Raises:
-        ValueError: unknown task, backbone or ``dcn``, or ``num_thing_classes > num_classes``.
+        ValueError: unknown task, backbone or ``dcn``, ``num_thing_classes > num_classes``, a
+            non-zero ``backbone_drop_path`` for a ResNet, or ``dcn`` with a Swin.
     """
     from kmax_deeplab.modeling.backbones.resnet import resnet_mmdet, resnet_tiny
+    from kmax_deeplab.modeling.backbones.swin import swin
 
     if task not in TASKS:
         raise ValueError(f"unknown K-Net task {task!r}; expected one of {TASKS}")
@@ -177,13 +188,20 @@ def build_knet(*, task: str = "panoptic", backbone: str = "resnet50", num_classe
         num_classes = 133 if task == "panoptic" else num_thing_classes
     if num_thing_classes > num_classes:
         raise ValueError(f"num_thing_classes {num_thing_classes} > num_classes {num_classes}")
+    if backbone_drop_path and backbone not in SWIN_BACKBONES:
+        raise ValueError(f"K-Net backbone {backbone!r} has no stochastic depth; got backbone_drop_path="
+                         f"{backbone_drop_path}")
+    if dcn is not None and backbone in SWIN_BACKBONES:
+        raise ValueError(f"K-Net backbone {backbone!r} has no deformable convs; got dcn={dcn!r}")
     deform = dict(dcn=dcn, stage_with_dcn=tuple(stage_with_dcn)) if dcn is not None else {}
-    if backbone in ("resnet50", "resnet101"):
+    if backbone in SWIN_BACKBONES:
+        net = swin(SWIN_BACKBONES[backbone], drop_path=backbone_drop_path, frozen_stages=frozen_stages)
+    elif backbone in ("resnet50", "resnet101"):
         net = resnet_mmdet(int(backbone[6:]), frozen_stages=frozen_stages, norm_eval=norm_eval, **deform)
     elif backbone == "resnet_tiny":
         net = resnet_tiny(bn_eps=1e-5, bn_momentum=0.1, frozen_stages=frozen_stages, norm_eval=norm_eval, **deform)
     else:
-        raise ValueError(f"unknown K-Net backbone {backbone!r}; expected resnet50, resnet101 or resnet_tiny")
+        raise ValueError(f"unknown K-Net backbone {backbone!r}; expected one of {BACKBONES}")
     neck = FPN([net.feature_spec(n).channels for n in FPN_FEATURES], channels)
     num_stuff = num_classes - num_thing_classes if task == "panoptic" else 0
     head = KernelInitHead(num_classes, num_kernels=num_kernels, num_stuff=num_stuff,

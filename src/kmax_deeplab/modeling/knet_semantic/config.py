@@ -15,8 +15,9 @@ from kmax_deeplab.modeling.sections import ModelConfig
 TASKS = ("semantic",)
 #: ``model.decode_head`` values: mmseg's FCN, PSPNet, DeepLabv3 (ASPP) and UPerNet heads.
 DECODE_HEADS = ("fcn", "pspnet", "deeplabv3", "upernet")
-#: ``model.backbone`` values: mmseg ``ResNetV1c`` (deep stem) and a tiny ResNet for tests.
-BACKBONES = ("resnet50_v1c", "resnet101_v1c", "resnet_tiny")
+#: ``model.backbone`` values: mmseg ``ResNetV1c`` (deep stem), Swin-T / Swin-L (window 7; the
+#: configs' ``*swin*``) and a tiny ResNet for tests.
+BACKBONES = ("resnet50_v1c", "resnet101_v1c", "swin_t", "swin_l", "resnet_tiny")
 
 
 @dataclass
@@ -26,6 +27,7 @@ class KNetSemanticModelConfig(ModelConfig):
     auxiliary FCN head on ``res4`` for training.
 
     Shared fields as this family reads them: ``backbone`` one of :data:`BACKBONES`;
+    ``backbone_drop_path`` Swin's stochastic depth (Swin-T 0.3, Swin-L 512² 0.3, 640² 0.4);
     ``num_classes`` K (ADE20K 150); ``num_queries`` the kernels, which must equal K (one per
     class); ``image_size`` the test scale ``(short, long)`` = (512, 2048), images resized
     to fit it keeping the aspect ratio (mmseg ``Resize(img_scale=(2048, 512),
@@ -46,6 +48,10 @@ class KNetSemanticModelConfig(ModelConfig):
         aux_channels: its ``channels`` (256).
         dropout_ratio: ``Dropout2d`` before each ``conv_seg`` (0.1).
         align_corners: of every bilinear resize (False).
+        no_decay_keys: parameters whose full name contains one of these get no weight decay
+            (mmcv ``paramwise_cfg.custom_keys`` with ``decay_mult=0``, matched as substrings as
+            mmcv does; the Swin configs: ``absolute_pos_embed``, ``relative_position_bias_table``,
+            ``norm``; our names hold ``norm`` exactly where mmseg's do).
     """
 
     meta_architecture: str = "knet_semantic"
@@ -65,6 +71,7 @@ class KNetSemanticModelConfig(ModelConfig):
     aux_channels: int = 256
     dropout_ratio: float = 0.1
     align_corners: bool = False
+    no_decay_keys: tuple[str, ...] = ()
 
 
 @dataclass

@@ -5,7 +5,8 @@ semantic``; eval output ``{"sem_seg": [B, K, H, W]}`` at the input size, the con
 ``engine/semantic_inference.py``); geometry
 :class:`~kmax_deeplab.modeling.knet_semantic.geometry.SemanticResize` (mmseg's 2048x512
 keep-ratio resize, ImageNet mean/std); AdamW (the configs: lr 1e-4, weight decay 5e-4 on
-every parameter) with the shared warmup + step schedule. Heavy modules load lazily.
+every parameter) with the shared warmup + step schedule; importer ``mmseg`` (the released
+``.pth``, ``checkpoints/mmseg.py``). Heavy modules load lazily.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def build_model(cfg: Any):
                                 dilated=m.dilated, head_channels=m.head_channels, updator_dim=m.updator_dim,
                                 num_stages=m.num_stages, num_heads=m.num_heads, ffn_dim=m.ffn_dim,
                                 auxiliary_head=m.auxiliary_head, aux_channels=m.aux_channels,
-                                dropout_ratio=m.dropout_ratio, align_corners=m.align_corners, norm=norm)
+                                dropout_ratio=m.dropout_ratio, align_corners=m.align_corners, norm=norm,
+                                backbone_drop_path=m.backbone_drop_path)
     if m.norm == "SyncBN":
         import torch
 
@@ -80,23 +82,51 @@ def check_config(cfg: Any) -> None:
     if m.num_queries != m.num_classes:
         raise ValueError(f"model.num_queries ({m.num_queries}) must equal model.num_classes ({m.num_classes}): "
                          "the semantic K-Net has one kernel per class")
+    if m.backbone.startswith("swin_") and (m.dilated or (m.dilated is None and m.decode_head != "upernet")):
+        raise ValueError(f"model.backbone {m.backbone!r} has output stride 32 only: use model.decode_head 'upernet' "
+                         f"(or model.dilated false), got decode_head {m.decode_head!r}")
+    if m.backbone_drop_path and not m.backbone.startswith("swin_"):
+        raise ValueError(f"model.backbone_drop_path: {m.backbone!r} has no stochastic depth (only swin_t / swin_l), "
+                         f"got {m.backbone_drop_path}")
     width = m.head_channels or (256 if m.decode_head == "upernet" else 512)
     if m.updator_dim <= 0 or width % m.updator_dim:
         raise ValueError(f"model.updator_dim ({m.updator_dim}) must divide the decode head's width ({width})")
 
 
 def build_optimizer(model, cfg: Any):
-    """AdamW at ``solver.base_lr`` with weight decay on every parameter (the configs' ``optimizer``
-    has no parameter-wise rules for ResNet); ``backbone.*`` at ``solver.backbone_lr_multiplier``."""
+    """AdamW at ``solver.base_lr`` with weight decay on every parameter except those whose name
+    contains one of ``model.no_decay_keys`` (the ResNet configs have none; the Swin configs:
+    ``absolute_pos_embed``, ``relative_position_bias_table``, ``norm``, mmcv substring rule);
+    ``backbone.*`` at ``solver.backbone_lr_multiplier``."""
     import torch
 
     from kmax_deeplab.solver import backbone_rules, build_param_groups
 
     s = cfg.solver
     groups = build_param_groups(model, base_lr=s.base_lr, weight_decay=s.weight_decay,
-                                lr_rules=backbone_rules(s.backbone_lr_multiplier), decay_rule=lambda *a: True)
+                                lr_rules=backbone_rules(s.backbone_lr_multiplier),
+                                decay_rule=no_decay_rule(tuple(cfg.model.no_decay_keys)))
     cls = torch.optim.AdamW if s.optimizer == "adamw" else torch.optim.Adam
     return cls(groups, lr=s.base_lr, betas=tuple(s.betas), eps=s.eps, weight_decay=s.weight_decay)
+
+
+def no_decay_rule(keys: Sequence[str]):
+    """``decay_rule`` for :func:`~kmax_deeplab.solver.build_param_groups`: False (no weight decay)
+    when the full parameter name contains one of ``keys`` (mmcv ``custom_keys`` ``decay_mult=0``)."""
+    def decays(module_name: str, module, param_name: str) -> bool:
+        full = f"{module_name}.{param_name}" if module_name else param_name
+        return not any(k in full for k in keys)
+    return decays
+
+
+def import_imagenet(src, model, cfg: Any, strict: bool = True):
+    """ImageNet weights into ``model.backbone`` (the official Swin checkpoints the Swin configs start
+    from, e.g. ``swin_tiny_patch4_window7_224.pth``; see ``checkpoints/imagenet.py``); the rest keeps
+    its initialisation."""
+    from kmax_deeplab.checkpoints.imagenet import load_imagenet_backbone
+
+    load_imagenet_backbone(src, model.backbone, strict=strict)
+    return model.state_dict()
 
 
 def build_scheduler(optimizer, cfg: Any):
@@ -104,6 +134,14 @@ def build_scheduler(optimizer, cfg: Any):
     from kmax_deeplab.solver import build_scheduler as build
 
     return build(optimizer, cfg.solver)
+
+
+def import_mmseg(src, model, cfg: Any, strict: bool = True):
+    """Original semantic K-Net ``.pth`` (``{"state_dict", "meta"}``, mmseg names) -> our state dict
+    (``checkpoints/mmseg.py``)."""
+    from kmax_deeplab.checkpoints.mmseg import load_mmseg_checkpoint
+
+    return load_mmseg_checkpoint(src, model, strict=strict)
 
 
 #: The keyword arguments of the semantic K-Net's ``Family`` row.
@@ -118,7 +156,7 @@ KNET_SEMANTIC = dict(
     input_geometry=input_geometry,
     build_optimizer=build_optimizer,
     build_scheduler=build_scheduler,
-    importers={},
+    importers={"mmseg": import_mmseg, "imagenet": import_imagenet},
     check_config=check_config,
     inference_keys=("sem_seg",),
     tasks=TASKS,

@@ -38,15 +38,25 @@ from kmax_deeplab.modeling.semantic.heads import ASPPHead, DecodeHead, FCNHead, 
 __all__ = ["KNetSemantic", "build_backbone", "build_head", "build_knet_semantic"]
 
 
-def build_backbone(name: str, *, dilated: bool, norm: str = "BN") -> nn.Module:
+def build_backbone(name: str, *, dilated: bool, norm: str = "BN", drop_path: float = 0.0) -> nn.Module:
     """``resnet50_v1c`` / ``resnet101_v1c`` (mmseg ``ResNetV1c``, output stride 8 when
-    ``dilated`` else 32) or ``resnet_tiny`` (tests; output stride 32 or, dilated, 8).
+    ``dilated`` else 32), ``swin_t`` / ``swin_l`` (Swin, window 7, output stride 32, stochastic
+    depth ``drop_path``; the configs' ``*swin*``) or ``resnet_tiny`` (tests; output stride 32 or,
+    dilated, 8).
 
     Raises:
-        ValueError: unknown name.
+        ValueError: unknown name, a dilated Swin, or ``drop_path`` for a ResNet.
     """
     from kmax_deeplab.modeling.backbones.resnet import ResNet, resnet_v1c
+    from kmax_deeplab.modeling.backbones.swin import swin
 
+    if name in ("swin_t", "swin_l"):
+        if dilated:
+            raise ValueError(f"model.dilated: backbone {name!r} has no dilated form (output stride 32); "
+                             f"use decode_head 'upernet' or model.dilated false")
+        return swin("tiny" if name == "swin_t" else "large", drop_path=drop_path)
+    if drop_path:
+        raise ValueError(f"model.backbone_drop_path: backbone {name!r} has no stochastic depth, got {drop_path}")
     if name in ("resnet50_v1c", "resnet101_v1c"):
         return resnet_v1c(50 if name.startswith("resnet50") else 101, dilated=dilated, norm=norm)
     if name == "resnet_tiny":
@@ -154,7 +164,7 @@ def build_knet_semantic(*, backbone: str = "resnet50_v1c", decode_head: str = "u
                         dilated: bool | None = None, head_channels: int | None = None, updator_dim: int = 256,
                         num_stages: int = 3, num_heads: int = 8, ffn_dim: int = 2048, auxiliary_head: bool = True,
                         aux_channels: int = 256, dropout_ratio: float = 0.1, align_corners: bool = False,
-                        norm: str = "BN") -> KNetSemantic:
+                        norm: str = "BN", backbone_drop_path: float = 0.0) -> KNetSemantic:
     """The semantic K-Net of the original ADE20K configs (defaults: K-Net + UPerNet R-50).
 
     See :class:`~kmax_deeplab.modeling.knet_semantic.config.KNetSemanticModelConfig` for the
@@ -163,7 +173,7 @@ def build_knet_semantic(*, backbone: str = "resnet50_v1c", decode_head: str = "u
     """
     if dilated is None:
         dilated = decode_head != "upernet"
-    net = build_backbone(backbone, dilated=dilated, norm=norm)
+    net = build_backbone(backbone, dilated=dilated, norm=norm, drop_path=backbone_drop_path)
     channels_of = {s.name: s.channels for s in net.feature_info}
     head = build_head(decode_head, channels_of, num_classes, channels=head_channels, norm=norm,
                       dropout_ratio=dropout_ratio, align_corners=align_corners)
