@@ -17,6 +17,8 @@ mmseg (ZwwWayne/K-Net ``knet/seg``, mmseg 0.30)                 ours (``modeling
 ``decode_head.kernel_update_head.{i}.ffn.layers.{0.0,1}.*``     ``stages.{i}.ffn.{fc1,fc2}.*``
 ``decode_head.kernel_update_head.{i}.{other}``                  ``stages.{i}.{other}``
 ``auxiliary_head.{r}``                                          ``auxiliary_head.{r}``
+``backbone.{patch_embed,stages}.…``, ``backbone.norm{0-3}.*``   unchanged (mmseg's Swin names are ours)
+``backbone.stages.….attn.w_msa.relative_position_index``        dropped (derived; re-created on export)
 ==============================================================  ==============================================
 
 A checkpoint of another family (mmdet K-Net, a plain mmseg model), of another decode head or
@@ -51,6 +53,9 @@ _GEN = "decode_head.kernel_generate_head"
 _UPD = "decode_head.kernel_update_head"
 _STAGE = r"decode_head\.kernel_update_head\.(?P<i>\d+)"
 _STAGE_OTHER = r"(?:attention_norm|ffn_norm|mask_fcs|fc_mask)\..+"
+_SWIN = r"backbone\.(?P<r>(?:patch_embed|stages)\..+|norm[0-3]\.(?:weight|bias))"
+#: mmseg stores Swin's relative_position_index buffers; ours derives them.
+_SWIN_DERIVED = (r"backbone\.stages\.\d+\.blocks\.\d+\.attn\.w_msa\.relative_position_index",)
 
 #: mmseg -> ours. The first matching row wins.
 MMSEG_TO_OURS = (
@@ -65,6 +70,7 @@ MMSEG_TO_OURS = (
     Row(r"backbone\.layer(?P<s>\d)\.(?P<b>\d+)\.downsample\.0\.weight", "backbone.res{s:+1}.{b}.shortcut.weight"),
     Row(rf"backbone\.layer(?P<s>\d)\.(?P<b>\d+)\.downsample\.1\.{_BN}",
         "backbone.res{s:+1}.{b}.shortcut.norm.{p}"),
+    Row(_SWIN, "backbone.{r}"),
     Row(rf"decode_head\.kernel_generate_head\.(?P<r>.+)", "decode_head.{r}"),
     Row(rf"{_STAGE}\.attention\.attn\.(?P<r>.+)", "stages.{i}.attention.{r}"),
     Row(rf"{_STAGE}\.kernel_update_conv\.(?P<r>.+)", "stages.{i}.updator.{r}"),
@@ -88,6 +94,7 @@ OURS_TO_MMSEG = (
     Row(r"backbone\.res(?P<s>\d)\.(?P<b>\d+)\.shortcut\.weight", "backbone.layer{s:-1}.{b}.downsample.0.weight"),
     Row(rf"backbone\.res(?P<s>\d)\.(?P<b>\d+)\.shortcut\.norm\.{_BN}",
         "backbone.layer{s:-1}.{b}.downsample.1.{p}"),
+    Row(_SWIN, "backbone.{r}"),
     Row(r"decode_head\.(?P<r>.+)", _GEN + ".{r}"),
     Row(r"stages\.(?P<i>\d+)\.attention\.(?P<r>in_proj_weight|in_proj_bias|out_proj\.weight|out_proj\.bias)",
         _UPD + ".{i}.attention.attn.{r}"),
@@ -154,12 +161,13 @@ def mmseg_to_ours(state: Mapping[str, np.ndarray | torch.Tensor], target: torch.
     state = to_numpy(state)
     shapes = target_shapes(target)
     _check_family(state, shapes, source)
-    converted, origin, unmatched = apply_rows(state, MMSEG_TO_OURS)
+    converted, origin, unmatched = apply_rows(state, MMSEG_TO_OURS, ignored=_SWIN_DERIVED)
     return check_against_target(converted, shapes, source=source, unmatched=unmatched, origin=origin, strict=strict)
 
 
 def ours_to_mmseg(state: Mapping[str, np.ndarray | torch.Tensor]) -> dict[str, np.ndarray]:
-    """Rename our semantic K-Net state dict to the original mmseg names (tensors unchanged).
+    """Rename our semantic K-Net state dict to the original mmseg names (tensors unchanged); a Swin
+    backbone also gets the ``relative_position_index`` buffers mmseg's ``WindowMSA`` stores.
 
     Raises:
         CheckpointMismatchError: a key no row converts (not a semantic K-Net state dict).
@@ -168,6 +176,10 @@ def ours_to_mmseg(state: Mapping[str, np.ndarray | torch.Tensor]) -> dict[str, n
     if unmatched:
         raise CheckpointMismatchError(f"cannot export to the mmseg K-Net layout: {len(unmatched)} keys "
                                       f"have no mmseg name: {unmatched[:20]}")
+    if any(k.startswith("backbone.stages.") for k in converted):
+        from kmax_deeplab.checkpoints.swin import relative_position_index_entries
+
+        converted.update({k: v.numpy() for k, v in relative_position_index_entries(converted, "backbone.").items()})
     return converted
 
 
