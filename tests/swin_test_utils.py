@@ -92,15 +92,15 @@ KNET_IMAGE_SIZE = (62, 93)
 
 
 @torch.no_grad()
-def seeded_knet_swin(seed: int = 0):
-    """Panoptic K-Net on Swin-T (``build_knet(backbone="swin_t")``, drop path 0.2, nothing frozen) with
+def seeded_knet_swin(seed: int = 0, backbone: str = "swin_t"):
+    """Panoptic K-Net on Swin-T (``build_knet(backbone=backbone)``, drop path 0.2, nothing frozen) with
     :func:`knet_test_utils.randomise_knet`'s norms and biases and N(0, 1) position-bias tables; eval mode."""
     from knet_test_utils import randomise_knet
 
     from kmax_deeplab.modeling.knet import build_knet
 
     torch.manual_seed(seed)
-    model = build_knet(backbone="swin_t", backbone_drop_path=0.2, frozen_stages=-1)
+    model = build_knet(backbone=backbone, backbone_drop_path=0.2, frozen_stages=-1)
     randomise_knet(model, seed + 1)
     g = torch.Generator().manual_seed(seed + 2)
     for name, p in model.named_parameters():

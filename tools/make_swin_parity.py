@@ -69,15 +69,15 @@ def up2(x: np.ndarray) -> np.ndarray:
                                            align_corners=False).numpy()
 
 
-def knet_case(args, tmp: Path) -> tuple[dict, dict]:
-    """K-Net Swin-T panoptic: ours vs the original (the Swin-L config with Swin-T dims), every stage."""
-    model = seeded_knet_swin()
+def knet_case(args, tmp: Path, size: str = "tiny") -> tuple[dict, dict]:
+    """K-Net Swin panoptic: ours vs the original (the Swin-L config; with Swin-T dims for tiny), every stage."""
+    model = seeded_knet_swin(backbone="swin_t" if size == "tiny" else "swin_l")
     save_mmdet(model.state_dict(), tmp / "knet_swin_t.pth", meta={"task": "panoptic"})
     model.load_state_dict(load_mmdet_checkpoint(tmp / "knet_swin_t.pth", model), strict=True)
     image = knet_photo()
     np.save(tmp / "photo.npy", image)
     subprocess.run([args.ref_python, str(args.ref_dir / "run_knet_swin_ref.py"), str(tmp / "knet_swin_t.pth"),
-                    str(tmp / "photo.npy"), str(tmp / "knet_ref.npz"), "tiny"], check=True)
+                    str(tmp / "photo.npy"), str(tmp / "knet_ref.npz"), size], check=True)
     ref = dict(np.load(tmp / "knet_ref.npz"))
     with torch.no_grad():
         out = model(torch.from_numpy(image).permute(2, 0, 1)[None])
@@ -97,7 +97,7 @@ def knet_case(args, tmp: Path) -> tuple[dict, dict]:
     pan, segs = knet_panoptic_inference(out["pred_logits"][0], out["pred_masks"][0], num_thing_classes=80,
                                         num_kernels=100, canvas_size=out["canvas_size"], valid_size=image.shape[:2],
                                         output_size=image.shape[:2])
-    print("K-Net Swin-T max |ours - ref| / max |ref|:", json.dumps(errors))
+    print(f"K-Net Swin ({size}) max |ours - ref| / max |ref|:", json.dumps(errors))
     print("panoptic segments:", len(segs), "reference ids:", np.unique(ref["pan_results"]).tolist())
     return golden, errors
 
@@ -107,6 +107,9 @@ def main() -> None:
     ap.add_argument("--ref-dir", type=Path, required=True)
     ap.add_argument("--ref-python", required=True)
     ap.add_argument("--out", type=Path, default=REPO / "tests/data/parity/swin")
+    ap.add_argument("--knet-large", action="store_true",
+                    help="also run the full K-Net Swin-L (the original config itself) and record its errors "
+                         "in meta.json (no fixture; ~3 GB of memory)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     model = seeded_swin("tiny")
@@ -127,6 +130,7 @@ def main() -> None:
         counts = json.load(open(tmp / "ref.json"))
         keys = json.load(open(tmp / "ref_keys.json"))
         knet_golden, knet_errors = knet_case(args, tmp)
+        large_errors = knet_case(args, tmp, "large")[1] if args.knet_large else None
         sem = subprocess.run([args.ref_python, str(args.ref_dir / "count_sem.py")], check=True, capture_output=True,
                              text=True).stdout
         semantic = {k: {a: b for a, b in v.items() if a != "optimizer"} for k, v in json.loads(sem).items()}
@@ -146,7 +150,10 @@ def main() -> None:
             "(..._swin-l_80k_adamw_640x640_ade20k.py), with mmseg 0.30's SwinTransformer standing in for the "
             "Swin-Transformer-Semantic-Segmentation class the configs name; optimizer groups by mmcv 1.7.2's "
             "DefaultOptimizerConstructor with the configs' paramwise_cfg",
-            "semantic_counts": semantic, "parameter_counts": counts}
+            "semantic_counts": semantic,
+            **({"knet_swin_l_case": "the original knet_s3_swin-l_fpn_ms-3x_16x2_coco-panoptic.py itself, "
+                "seeded_knet_swin(backbone='swin_l'), knet_photo(); not stored as a fixture",
+                "knet_swin_l_max_rel_error_ours_vs_ref": large_errors} if large_errors else {}), "parameter_counts": counts}
     np.savez_compressed(args.out / "knet_swin_t.npz", **knet_golden)
     with open(args.out / "knet_swin_l_panoptic_keys.json.gz", "wb") as raw, \
             gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:  # mtime 0: the same bytes on every run
