@@ -196,3 +196,20 @@ def test_semantic_swin_t_forward():
     with torch.no_grad():
         out = model(torch.rand(1, 3, 70, 90) * 255)
     assert out["sem_seg"].shape == (1, 150, 70, 90) and torch.isfinite(out["sem_seg"]).all()
+
+
+def test_swin_checkpoint_into_resnet_config_refused_in_one_line():
+    """A K-Net Swin-L state dict into an R-50 K-Net (and back) is refused in one line naming both backbones."""
+    from kmax_deeplab.checkpoints.mmdet import mmdet_to_ours
+    from kmax_deeplab.checkpoints.table import CheckpointMismatchError
+
+    with gzip.open(PARITY_DIR / "knet_swin_l_panoptic_keys.json.gz", "rt") as f:
+        swin_keys = json.load(f)
+    swin_state = {k: np.broadcast_to(np.zeros((), np.float32), s) for k, s in swin_keys.items()}
+    r50 = target_shapes(_meta_model("coco/knet_r50_fpn_1x"))
+    with pytest.raises(CheckpointMismatchError, match="Swin backbone, but the model has a ResNet") as e:
+        mmdet_to_ours(swin_state, r50, source="swin.pth")
+    assert "\n" not in str(e.value)
+    r50_state = ours_to_mmdet({k: np.broadcast_to(np.zeros((), np.float32), s) for k, s in r50.items()})
+    with pytest.raises(CheckpointMismatchError, match="ResNet backbone, but the model has a Swin"):
+        mmdet_to_ours(r50_state, target_shapes(_meta_model("coco/knet_swin_l_fpn_ms3x")), source="r50.pth")
