@@ -46,6 +46,12 @@ def test_parameter_counts_equal_the_original():
         cfg = get_preset(f"coco/knet_r101_dcn_fpn_ms3x{suffix}")
         assert (cfg.model.dcn, cfg.model.task, cfg.model.backbone) == ("DCN", task, "resnet101")
         assert ZOO[f"knet_r101_dcn_fpn_ms3x_coco_{task}"].preset == cfg.name
+        # the recipe is R-101 ms-3x's (knet_s3_r101_dcn-c3-c5_* only change the backbone)
+        plain = get_preset(f"coco/knet_r101_fpn_ms3x{suffix}")
+        assert (cfg.solver, cfg.data, cfg.loss, cfg.postprocess) == (plain.solver, plain.data, plain.loss,
+                                                                     plain.postprocess)
+        assert {k: v for k, v in vars(cfg.model).items() if k != "dcn"} == {
+            k: v for k, v in vars(plain.model).items() if k != "dcn"} and plain.model.dcn == "none"
         model = family_of(cfg).build_model(cfg)
         assert sum(p.numel() for p in model.parameters()) == ref[task]["total"], task
         assert sum(p.numel() for p in model.backbone.parameters()) == ref[task]["backbone"] == 43_786_332
@@ -162,3 +168,12 @@ def test_outputs_match_original_r101_dcn(dcn_case):
     # the seeded network claims nothing here; the R-50 fixtures check the merging itself
     np.testing.assert_array_equal(ids.numpy() == 0, gold["pan_results"] == 133)
     assert len(segs) == len(set(np.unique(gold["pan_results"]).tolist()) - {133})
+
+
+def test_unknown_dcn_option_is_one_config_error():
+    from kmax_deeplab.config.schema import load_config
+    from kmax_deeplab.errors import ConfigError
+
+    assert load_config("synthetic/knet_tiny", ["model.dcn=DCNv2"]).model.dcn == "DCNv2"
+    with pytest.raises(ConfigError, match=r"model\.dcn='DCNv3': unknown value; expected one of none, DCN, DCNv2"):
+        load_config("synthetic/knet_tiny", ["model.dcn=DCNv3"])

@@ -71,7 +71,8 @@ def validate_config(cfg: Any) -> Any:
     in [0, 1], temperatures > 0; data scales > 0 with ``min_scale <= max_scale``, known
     ``data.dataset`` and ``data.on_bad_sample``; solver sizes >= 1, LR > 0, ``betas`` in
     [0, 1), ``eps`` > 0, known ``amp``/``nan_policy``, a well-formed ``device``; model
-    sizes >= 1 and drop-path rates in [0, 1). Sections absent from ``cfg`` are skipped.
+    sizes >= 1, drop-path rates in [0, 1) and a known ``model.dcn`` (none, DCN, DCNv2).
+    Sections absent from ``cfg`` are skipped.
 
     Raises:
         ConfigError: naming the first bad option and its value.
@@ -165,6 +166,10 @@ def validate_config(cfg: Any) -> Any:
         for name in ("drop_path", "backbone_drop_path"):
             if hasattr(model, name):
                 _in_range(getattr(model, name), f"model.{name}", 0.0, 1.0, hi_open=True)
+        if hasattr(model, "dcn"):  # deformable backbone convs (K-Net R-101-DCN)
+            from kmax_deeplab.modeling.layers.deform_conv import DCN_TYPES
+
+            _one_of(model.dcn, "model.dcn", ("none",) + tuple(DCN_TYPES))
     return cfg
 
 

@@ -5,7 +5,8 @@ semantic``; eval output ``{"sem_seg": [B, K, H, W]}`` at the input size, the con
 ``engine/semantic_inference.py``); geometry
 :class:`~kmax_deeplab.modeling.knet_semantic.geometry.SemanticResize` (mmseg's 2048x512
 keep-ratio resize, ImageNet mean/std); AdamW (the configs: lr 1e-4, weight decay 5e-4 on
-every parameter) with the shared warmup + step schedule. Heavy modules load lazily.
+every parameter) with the shared warmup + step schedule; importer ``mmseg`` (the released
+``.pth``, ``checkpoints/mmseg.py``). Heavy modules load lazily.
 """
 
 from __future__ import annotations
@@ -135,6 +136,14 @@ def build_scheduler(optimizer, cfg: Any):
     return build(optimizer, cfg.solver)
 
 
+def import_mmseg(src, model, cfg: Any, strict: bool = True):
+    """Original semantic K-Net ``.pth`` (``{"state_dict", "meta"}``, mmseg names) -> our state dict
+    (``checkpoints/mmseg.py``)."""
+    from kmax_deeplab.checkpoints.mmseg import load_mmseg_checkpoint
+
+    return load_mmseg_checkpoint(src, model, strict=strict)
+
+
 #: The keyword arguments of the semantic K-Net's ``Family`` row.
 KNET_SEMANTIC = dict(
     name="knet_semantic",
@@ -147,7 +156,7 @@ KNET_SEMANTIC = dict(
     input_geometry=input_geometry,
     build_optimizer=build_optimizer,
     build_scheduler=build_scheduler,
-    importers={"imagenet": import_imagenet},
+    importers={"mmseg": import_mmseg, "imagenet": import_imagenet},
     check_config=check_config,
     inference_keys=("sem_seg",),
     tasks=TASKS,
