@@ -121,7 +121,8 @@ def knet_photo() -> np.ndarray:
 @torch.no_grad()
 def seeded_semantic_swin(seed: int = 0):
     """Semantic K-Net + UPerNet on Swin-T as mmseg 0.30's own K-Net config builds it (UPerNet and kernels
-    512 wide, updated as two 256-d halves; the K-Net repo's config, our preset, has 256), plain BN, with :func:`knet_test_utils.randomise_knet`'s norms, biases and BN statistics and N(0, 1)
+    512 wide, updated as two 256-d halves; the K-Net repo's config, our preset, has 256), plain BN,
+    with :func:`knet_test_utils.randomise_knet`'s norms, biases and BN statistics and N(0, 1)
     position-bias tables; eval mode."""
     from knet_test_utils import randomise_knet
 

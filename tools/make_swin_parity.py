@@ -23,8 +23,14 @@ What it does (nothing here runs at test time; the tests only read the fixture):
    ``knet_swin_l_panoptic_keys.json.gz`` (the original K-Net Swin-L's 541 state-dict entries).
 
 usage (repository root, project venv):
-    PYTHONPATH=src python tools/make_swin_parity.py --ref-dir /work/refs/swin \
-        --ref-python /work/refs/venv-knet/bin/python [--out tests/data/parity/swin]
+    PYTHONPATH=src python tools/make_swin_parity.py --ref-python /work/refs/venv-knet/bin/python \
+        [--ref-dir tools/swin_reference] [--out tests/data/parity/swin] [--knet-large]
+
+The reference-side scripts are ``tools/swin_reference/*.py`` (ours; they import the reference code). They
+need the reference venv of ``tools/knet_parity.py`` (torch 2.13.0, numpy<2, mmcv 1.7.2 and mmdet 2.28.2
+without compiled ops, mmsegmentation 0.30.0), a ZwwWayne/K-Net @5e50ee5 checkout (``KNET_REPO``), and
+the stand-in folders of ``tools/knet_parity.py`` (``KNET_ENV_DIR``: knet_env.py, stubs/) and
+``tools/knet_semantic_parity.py`` (``KNETSEM_ENV_DIR``: knetsem_env.py).
 """
 
 from __future__ import annotations
@@ -156,7 +162,7 @@ def semantic_case(args, tmp: Path) -> tuple[dict, dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ref-dir", type=Path, required=True)
+    ap.add_argument("--ref-dir", type=Path, default=REPO / "tools/swin_reference")
     ap.add_argument("--ref-python", required=True)
     ap.add_argument("--out", type=Path, default=REPO / "tests/data/parity/swin")
     ap.add_argument("--knet-large", action="store_true",
@@ -206,11 +212,13 @@ def main() -> None:
             "semantic_counts": semantic,
             "semantic_parity_case": "K-Net + UPerNet Swin-T (tests/swin_test_utils.seeded_semantic_swin, seed 0) vs "
             "mmseg 0.30's configs/knet/knet_s3_upernet_swin-t_8x2_512x512_adamw_80k_ade20k.py (BN for SyncBN) "
-            "with K-Net's head classes, weights through save_mmseg loaded strictly, semantic_image() 62x93",
+            "(mmseg's Swin and its own K-Net port, decode_heads/knet_head.py), weights through save_mmseg loaded "
+            "strictly, semantic_image() 62x93, float32 and float64 (the fixture: float64)",
             "semantic_max_rel_error_ours_vs_ref": sem_errors,
             **({"knet_swin_l_case": "the original knet_s3_swin-l_fpn_ms-3x_16x2_coco-panoptic.py itself, "
                 "seeded_knet_swin(backbone='swin_l'), knet_photo(); not stored as a fixture",
-                "knet_swin_l_max_rel_error_ours_vs_ref": large_errors} if large_errors else {}), "parameter_counts": counts}
+                "knet_swin_l_max_rel_error_ours_vs_ref": large_errors} if large_errors else {}),
+            "parameter_counts": counts}
     np.savez_compressed(args.out / "knet_swin_t.npz", **knet_golden)
     np.savez_compressed(args.out / "semantic_swin_t.npz", **sem_golden)
     with open(args.out / "knet_swin_l_panoptic_keys.json.gz", "wb") as raw, \

@@ -18,7 +18,7 @@ mmseg (ZwwWayne/K-Net ``knet/seg``, mmseg 0.30)                 ours (``modeling
 ``decode_head.kernel_update_head.{i}.{other}``                  ``stages.{i}.{other}``
 ``auxiliary_head.{r}``                                          ``auxiliary_head.{r}``
 ``backbone.{patch_embed,stages,norm0..3}.*`` (mmseg 0.30 Swin)   the same (our Swin uses mmdet/mmseg names)
-``backbone.layers.…`` (official Swin, K-Net's seg configs)      via :data:`~kmax_deeplab.checkpoints.swin.OFFICIAL_TO_OURS`
+``backbone.layers.…`` (official Swin, K-Net's seg configs)      via ``checkpoints.swin.OFFICIAL_TO_OURS``
 ``backbone.….relative_position_index`` / ``attn_mask``          dropped (derived; re-created on export)
 ==============================================================  ==============================================
 
