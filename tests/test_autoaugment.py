@@ -70,5 +70,6 @@ def test_policy_draws_and_label_untouched():
     record = {"image": img, "panoptic": np.arange(256, dtype=np.int32).reshape(16, 16),
               "segments": [], "image_id": 0, "file_name": "x", "height": 16, "width": 16}
     plain = LargeScaleJitter((9, 9), 0.5, 1.5, flip=False, min_valid_pixels=-1)(record, np.random.default_rng(3))
-    augmented = LargeScaleJitter((9, 9), 0.5, 1.5, flip=False, min_valid_pixels=-1, autoaugment=aug)(record, np.random.default_rng(3))
+    jitter = LargeScaleJitter((9, 9), 0.5, 1.5, flip=False, min_valid_pixels=-1, autoaugment=aug)
+    augmented = jitter(record, np.random.default_rng(3))
     np.testing.assert_array_equal(plain["panoptic"], augmented["panoptic"])

@@ -93,7 +93,8 @@ def test_strict_about_the_backbone_part():
         _convert(extra, shapes=shapes)
     # TF Model Garden layout and non-encoder entries (classifier head, counters) are accepted
     garden = {"backbone/_encoder/" + k[len("encoder/"):]: v for k, v in variables.items()}
-    garden.update({"head/_classifier/kernel": np.zeros((2048, 1000), np.float32), "global_step": np.zeros((), np.int64)})
+    garden.update({"head/_classifier/kernel": np.zeros((2048, 1000), np.float32),
+                   "global_step": np.zeros((), np.int64)})
     sd, report = _convert(garden, shapes=shapes)
     assert len(sd) == len({k for k in shapes if is_pretrained_encoder_parameter(k)})
     assert report.skipped == ("global_step", "head/_classifier/kernel")
@@ -120,7 +121,8 @@ def test_kmax_convert_from_imagenet_with_a_real_tf_checkpoint(tmp_path, capsys):
     assert (f"set {len(backbone)} backbone entries; left {len(shapes) - len(backbone)} at their initialisation "
             "(encoder.class_feature_extra, encoder.decoder_stage1_extra, encoder.decoder_stage1_extra_resized_fuse, "
             "encoder.decoder_stage2_extra, encoder.decoder_stage2_extra_resized_fuse, encoder.mask_feature_extra, "
-            "encoder.memory_feature, encoder.stage5.*_transformer, encoder.stage5_extra, encoder.stage5_extra.*_transformer, "
+            "encoder.memory_feature, encoder.stage5.*_transformer, encoder.stage5_extra, "
+            "encoder.stage5_extra.*_transformer, "
             "predictor, semantic_head); "
             "skipped 1 checkpoint entries outside encoder/") in err
     _, state = load_native(tmp_path / "init")

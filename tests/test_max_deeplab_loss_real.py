@@ -45,8 +45,9 @@ def sample():
 
 
 def _targets(sample, weight: float, stride: int):
-    return prepare_image_targets(sample, META.num_classes, stride=stride, small_instance_threshold=SMALL_INSTANCE_THRESHOLD,
-                                 small_instance_weight=weight, thing_classes=THINGS)
+    return prepare_image_targets(sample, META.num_classes, stride=stride,
+                                 small_instance_threshold=SMALL_INSTANCE_THRESHOLD, small_instance_weight=weight,
+                                 thing_classes=THINGS)
 
 
 @pytest.mark.parametrize("case,weight", CASES)

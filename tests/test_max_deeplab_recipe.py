@@ -49,12 +49,12 @@ def test_small_instance_weight_by_hand():
     # 9x9 image, stride 4 -> 3x3. Things (train ids 0, 1): A 4 px, B 20 px, crowd C 6 px; stuff S (id 2) 9 px.
     masks = torch.zeros(4, 9, 9, dtype=torch.bool)
     masks[0, 0:2, 0:2] = True  # A: 4 px < 10 -> weight 3 (covers the stride-4 pixel (0, 0))
-    masks[1, 4:9, 4:8] = True  # B: 20 px >= 10 -> 1 (covers (1, 1), (2, 1), (1, 2)? no: columns 4..7 -> (.., 1))
+    masks[1, 4:9, 4:8] = True  # B: 20 px >= 10 -> 1 (its stride-4 pixels (1, 1), (2, 1))
     masks[2, 0:2, 7:9] = True  # C (crowd): void, never weighted
     masks[3, 8, 0:9] = True  # S: stuff, never weighted
     masks[3, 8, 4:8] = False
-    target = {"masks": masks, "labels": torch.tensor([0, 1, 0, 2]), "is_crowd": torch.tensor([False, False, True, False]),
-              "void": ~masks.any(0)}
+    target = {"masks": masks, "labels": torch.tensor([0, 1, 0, 2]),
+              "is_crowd": torch.tensor([False, False, True, False]), "void": ~masks.any(0)}
     out = prepare_image_targets(target, 3, stride=4, small_instance_threshold=10, small_instance_weight=3.0,
                                 thing_classes=[0, 1])
     expected = torch.ones(3, 3)

@@ -61,7 +61,8 @@ def main() -> None:
     label = label[top:top + h, left:left + w]
     image = image[top:top + h, left:left + w]
 
-    cfg_path = Path("/work/refs/deeplab2/src/deeplab2/configs/coco/max_deeplab/max_deeplab_s_os16_res641_100k.textproto")
+    cfg_path = (Path("/work/refs/deeplab2/src/deeplab2/configs/coco/max_deeplab")
+                / "max_deeplab_s_os16_res641_100k.textproto")
     config = text_format.Parse(cfg_path.read_text(), config_pb2.ExperimentOptions())
     info = dataset.COCO_PANOPTIC_INFORMATION
     loss = max_deeplab_loss.MaXDeepLabLoss(config.trainer_options.loss_options, num_classes=info.num_classes,

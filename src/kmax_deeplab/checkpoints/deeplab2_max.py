@@ -46,7 +46,8 @@ from kmax_deeplab.checkpoints.deeplab2_tf import (
 )
 from kmax_deeplab.checkpoints.table import CheckpointMismatchError, Row, apply_rows, check_against_target, target_shapes
 
-__all__ = ["IGNORED", "INIT_CHECKPOINTS", "InitReport", "convert_deeplab2_max", "convert_deeplab2_max_init", "deeplab2_max_rows",
+__all__ = ["IGNORED", "INIT_CHECKPOINTS", "InitReport", "convert_deeplab2_max", "convert_deeplab2_max_init",
+           "deeplab2_max_rows",
            "detect_family", "load_deeplab2_max_checkpoint", "load_deeplab2_max_init"]
 
 _SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
@@ -248,7 +249,8 @@ class InitReport:
 
 def convert_deeplab2_max_init(variables: Mapping[str, np.ndarray], target: torch.nn.Module | Mapping[str, object], *,
                               variant: str, is_backbone: Callable[[str], bool], strict: bool = True,
-                              source: str = "deeplab2 initial checkpoint") -> tuple[dict[str, torch.Tensor], InitReport]:
+                              source: str = "deeplab2 initial checkpoint",
+                              ) -> tuple[dict[str, torch.Tensor], InitReport]:
     """Convert a deeplab2 ``max_deeplab_{s,l}_backbone`` ImageNet checkpoint (the axial backbone only).
 
     deeplab2 (``trainer/runner_utils.maybe_load_checkpoint``) reads ``initial_checkpoint``

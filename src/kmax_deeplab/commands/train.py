@@ -34,6 +34,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                         "other changes of schedule, batch, model or data are refused")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                    help="print the traceback of an error (also: KMAX_DEBUG=1)")
+    p.add_argument("--weights", default=None, metavar="DIR",
+                   help="start a fresh run from this native checkpoint folder, e.g. an ImageNet "
+                        "initialisation written by `kmax convert --from imagenet` (shortcut for "
+                        "model.weights=DIR; ignored with --resume)")
     p.add_argument("--data-root", default=None, metavar="DIR",
                    help="dataset root (shortcut for data.root=DIR)")
     p.add_argument("--no-progress", action="store_true",
@@ -51,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.data_root is not None:
         overrides.append(f"data.root={args.data_root}")
+    if args.weights is not None:
+        overrides.append(f"model.weights={args.weights}")
     from kmax_deeplab.engine.resume import parse_accepted
     from kmax_deeplab.errors import ConfigError
 

@@ -142,6 +142,48 @@ def export_final_weights(cfg: Any, model: nn.Module, output_dir: Path, iteration
                        metadata={"source": "kmax train", "iteration": str(iteration)})
 
 
+def load_initial_weights(model: nn.Module, cfg: Any) -> None:
+    """Initialise ``model`` from the native folder ``cfg.model.weights`` (a fresh run's start).
+
+    The folder must hold the same family (``model.meta_architecture``) and exactly the model's
+    entries with the model's shapes: an ImageNet initialisation written by
+    ``kmax convert --from imagenet --config PRESET`` is a full model folder whose non-backbone
+    parts are at their initialisation, so it loads strictly like any other.
+
+    Raises:
+        InputError: the folder is not a checkpoint folder, holds another family, or its
+            entries/shapes differ from the model's (the message names the folder and up to
+            five differing entries).
+    """
+    from kmax_deeplab.checkpoints.native import load_native
+    from kmax_deeplab.errors import InputError
+
+    folder = cfg.model.weights
+    try:
+        src_cfg, state = load_native(folder)
+    except (FileNotFoundError, ValueError) as e:
+        raise InputError(f"model.weights: {e}") from None
+    want, found = cfg.model.meta_architecture, src_cfg.model.meta_architecture
+    if want != found:
+        raise InputError(f"model.weights: {folder} holds a {found!r} model, the config builds "
+                         f"{want!r} (model.meta_architecture)")
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or shapes:
+        parts = []
+        for what, keys in (("missing", missing), ("unexpected", unexpected), ("shape differs", shapes)):
+            if keys:
+                more = f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""
+                parts.append(f"{what}: {', '.join(keys[:5])}{more}")
+        raise InputError(f"model.weights: {folder} does not fit the model of this config "
+                         f"(model.backbone {cfg.model.backbone!r}, checkpoint's "
+                         f"{src_cfg.model.backbone!r}): " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)
+    logger.info("model initialised from %s (%d tensors)", folder, len(state))
+
+
 def train_from_config(cfg: Any, *, output_dir: str | Path | None = None, resume: bool = False,
                       progress: bool = True, max_iters: int | None = None,
                       eval_max_images: int | None = None,
@@ -188,8 +230,10 @@ def train_from_config(cfg: Any, *, output_dir: str | Path | None = None, resume:
             solver = dataclasses.replace(solver, amp="none")
         seed_everything(int(cfg.solver.seed))
         parts = build_training(cfg, eval_max_images=eval_max_images)
-        # Only now, with config, model and data checked, is the run folder touched.
         point = prepare_resume(out, config_to_dict(cfg), accept_changes) if resume else None
+        if cfg.model.weights and point is None:
+            load_initial_weights(parts.model, cfg)  # every rank: an identical start for DDP
+        # Only now, with config, model, weights and data checked, is the run folder touched.
         if dist.is_main:
             out.mkdir(parents=True, exist_ok=True)
             if resume:
@@ -216,4 +260,4 @@ def train_from_config(cfg: Any, *, output_dir: str | Path | None = None, resume:
 
 
 __all__ = ["DistInfo", "TrainingParts", "build_dataset", "build_training", "export_final_weights",
-           "make_prepare_batch", "seed_everything", "small_instance_weighting", "train_from_config"]
+           "load_initial_weights", "make_prepare_batch", "seed_everything", "small_instance_weighting", "train_from_config"]

@@ -37,8 +37,10 @@ __all__ = ["HARMLESS_KEYS", "ResumePoint", "config_changes", "check_config_chang
            "remove_stale_tmp_files"]
 
 HARMLESS_KEYS = ("name", "solver.output_dir", "solver.log_period", "solver.checkpoint_period",
-                 "solver.eval_period", "solver.keep_last_n", "solver.device", "data.num_workers")
-"""Config keys whose change does not change what is trained (logging, file locations)."""
+                 "solver.eval_period", "solver.keep_last_n", "solver.device", "data.num_workers",
+                 "model.weights")
+"""Config keys whose change does not change what is trained (logging, file locations; the
+initial weights, which a resumed run replaces by its checkpoint)."""
 
 
 @dataclass

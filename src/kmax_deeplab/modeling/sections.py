@@ -28,6 +28,11 @@ class ModelConfig:
         image_size: (H, W) input size; the family's input geometry says what it means (kMaX:
             the fixed canvas, each side of the form 32k+1).
         norm: ``"BN"`` or ``"SyncBN"`` for every batch norm.
+        weights: a native checkpoint folder (written by ``kmax convert``, e.g. an ImageNet
+            initialisation from ``kmax convert --from imagenet``, or by ``kmax train``) whose
+            weights initialise the model when a training run starts fresh (detectron2's
+            ``MODEL.WEIGHTS``). Ignored on ``--resume`` (the run's checkpoint wins). Empty: the
+            family's own initialisation.
     """
 
     meta_architecture: str = "kmax"
@@ -37,3 +42,4 @@ class ModelConfig:
     num_queries: int = 128
     image_size: tuple[int, int] = (1281, 1281)
     norm: str = "BN"
+    weights: str = ""
