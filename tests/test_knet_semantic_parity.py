@@ -39,10 +39,9 @@ def _converted(head: str):
     mm = ours_to_mmseg(model.state_dict())
     assert all(k.startswith(("backbone.", "decode_head.kernel_generate_head.", "decode_head.kernel_update_head.",
                              "auxiliary_head.")) for k in mm)
-    target = seeded_knet_semantic(head)  # a fresh model to load into
-    with torch.no_grad():
-        for p in target.parameters():
-            p.zero_()
+    from kmax_deeplab.modeling.knet_semantic import build_knet_semantic
+
+    target = build_knet_semantic(decode_head=head)  # a fresh model to load into
     target.load_state_dict(mmseg_to_ours({k: torch.from_numpy(v) for k, v in mm.items()}, target, strict=True))
     return target.eval()
 
@@ -87,15 +86,15 @@ def test_fixture_records_the_measured_errors():
 def test_wrong_checkpoints_refused_in_one_line():
     from kmax_deeplab.modeling.knet_semantic import build_knet_semantic
 
-    shapes = {k: tuple(v.shape) for k, v in build_knet_semantic(decode_head="upernet").state_dict().items()}
-    fcn = {k: np.zeros(v, np.float32) for k, v in
-           ((k, v.shape) for k, v in ours_to_mmseg(build_knet_semantic(decode_head="fcn", num_classes=3,
-                                                                      auxiliary_head=False).state_dict()).items())}
+    tiny = dict(backbone="resnet_tiny", head_channels=16, updator_dim=8, ffn_dim=8, num_heads=2, aux_channels=8)
+    shapes = {k: tuple(v.shape) for k, v in build_knet_semantic(decode_head="upernet", **tiny).state_dict().items()}
+    fcn = {k: np.zeros(v.shape, np.float32) for k, v in
+           ours_to_mmseg(build_knet_semantic(decode_head="fcn", num_classes=3, **tiny).state_dict()).items()}
     with pytest.raises(CheckpointMismatchError, match=r"holds a K-Net \+ FCN, but the model is K-Net \+ UPerNet; "
                                                       r"use model.decode_head=fcn") as e:
         mmseg_to_ours(fcn, shapes, source="x.pth")
     assert "\n" not in str(e.value)
-    fcn_shapes = {k: tuple(v.shape) for k, v in build_knet_semantic(decode_head="fcn").state_dict().items()}
+    fcn_shapes = {k: tuple(v.shape) for k, v in build_knet_semantic(decode_head="fcn", **tiny).state_dict().items()}
     with pytest.raises(CheckpointMismatchError, match="x.pth has 3 classes, but the model has 150"):
         mmseg_to_ours(fcn, fcn_shapes, source="x.pth")
     mmdet = {"rpn_head.conv_seg.weight": np.zeros((133, 256, 1, 1), np.float32),
@@ -156,3 +155,29 @@ def test_kmax_convert_from_mmseg(tmp_path, capsys):
                  str(bad)]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "holds a K-Net + UPerNet, but the model is K-Net + FCN" in err[0], err
+
+
+@pytest.mark.parametrize("config, preset", [
+    ("knet_s3_fcn_r50-d8_8x2_512x512_adamw_80k_ade20k", "ade20k/knet_r50_d8_fcn_512"),
+    ("knet_s3_pspnet_r50-d8_8x2_512x512_adamw_80k_ade20k", "ade20k/knet_r50_d8_pspnet_512"),
+    ("knet_s3_deeplabv3_r50-d8_8x2_512x512_adamw_80k_ade20k", "ade20k/knet_r50_d8_deeplabv3_512"),
+    ("knet_s3_upernet_r50-d8_8x2_512x512_adamw_80k_ade20k", "ade20k/knet_r50_d8_upernet_512_mmseg"),
+])
+def test_released_mmseg_layout_converts_strictly(config, preset):
+    """The zoo's released files are mmsegmentation's K-Net configs: their every key and shape
+    (``tests/data/semantic/mmseg_knet_zoo_keys.json.gz``, ``tools/record_mmseg_knet_keys.py``)
+    convert strictly into the zoo entry's preset (mmseg's UPerNet is 512 wide: the ``_mmseg`` preset)."""
+    import gzip
+
+    from kmax_deeplab.checkpoints.zoo import ZOO
+    from kmax_deeplab.config import get_preset
+    from kmax_deeplab.modeling.knet_semantic import build_knet_semantic
+
+    with gzip.open(PARITY_DIR.parent.parent / "semantic" / "mmseg_knet_zoo_keys.json.gz", "rt") as f:
+        layout = json.load(f)[config]
+    m = get_preset(preset).model
+    model = build_knet_semantic(decode_head=m.decode_head, head_channels=m.head_channels)
+    out = mmseg_to_ours({k: np.zeros(s, np.float32) for k, s in layout.items()}, model, strict=True)
+    assert len(out) == len(model.state_dict()) == len(layout)
+    entry = next(e for e in ZOO.values() if e.source == "mmseg" and config in e.url)
+    assert entry.preset == preset and entry.metric == "mIoU" and entry.dataset == "ade20k"

@@ -46,15 +46,16 @@ class ZooEntry:
     Attributes:
         name: zoo name (``kmax predict --model NAME``).
         url: where the publisher serves it.
-        source: ``"deeplab2"`` (TF ``.tar.gz``), ``"bytedance"`` (detectron2 ``.pth``) or
-            ``"mmdet"`` (original K-Net ``.pth``, ``{"state_dict", "meta"}``).
+        source: ``"deeplab2"`` (TF ``.tar.gz``), ``"bytedance"`` (detectron2 ``.pth``),
+            ``"mmdet"`` (original K-Net ``.pth``, ``{"state_dict", "meta"}``) or ``"mmseg"``
+            (semantic K-Net ``.pth``, same wrapper).
         dataset: ``coco``, ``cityscapes``, ``ade20k``.
         backbone: backbone name of our model.
         preset: config preset that builds the matching model.
         pq: the published COCO val number of ``metric`` (spec §6 / knet.md §9).
         sha256: hex digest of the downloaded file, or None when unknown.
         note: provenance remark.
-        metric: ``"PQ"`` (panoptic) or ``"mask AP"`` (instance models).
+        metric: ``"PQ"`` (panoptic), ``"mask AP"`` (instance) or ``"mIoU"`` (semantic models).
     """
 
     name: str
@@ -166,6 +167,32 @@ _ENTRIES += [
     ZooEntry("knet_r101_dcn_fpn_ms3x_coco_instance",
              _KNET + "knet_s3_r101_dcn-c3-c5_fpn_ms-3x_coco/knet_s3_r101_dcn-c3-c5_fpn_ms-3x_coco_20211017_054515-163a3126.pth",
              "mmdet", "coco", "resnet101", "coco/knet_r101_dcn_fpn_ms3x_instance", 40.5, metric="mask AP"),
+]
+
+# Semantic K-Net on ADE20K. The K-Net README (ZwwWayne/K-Net @5e50ee5) lists R-50 FCN / PSPNet /
+# DeepLabv3 / UPerNet at 43.3 / 43.9 / 44.6 / 43.6 mIoU with empty download links: those files were
+# never released. The released ADE20K K-Net weights are mmsegmentation's re-training of the same
+# configs (configs/knet/README.md, mmseg v0.5 model zoo), in the same key layout (checked against
+# mmseg 0.30's own K-Net configs built on CPU: every key and shape converts strictly), with their
+# own published single-scale mIoU. mmseg's UPerNet is 512 channels wide (the original config: 256):
+# preset ade20k/knet_r50_d8_upernet_512_mmseg. Their Swin-T/L files keep mmseg's Swin names, which
+# checkpoints/mmseg.py does not convert yet, so they have no entry.
+_MMSEG_KNET = "https://download.openmmlab.com/mmsegmentation/v0.5/knet/"
+
+
+def _mmseg_knet(head: str, stamp: str, miou: float, knet_readme: float, preset: str | None = None) -> ZooEntry:
+    folder = f"knet_s3_{head}_r50-d8_8x2_512x512_adamw_80k_ade20k"
+    return ZooEntry(f"knet_r50_d8_{head}_ade20k", f"{_MMSEG_KNET}{folder}/{folder}_{stamp}.pth", "mmseg", "ade20k",
+                    "resnet50_v1c", preset or f"ade20k/knet_r50_d8_{head}_512", miou,
+                    note=f"mmsegmentation's training of the K-Net config (K-Net README: {knet_readme} mIoU, "
+                         "checkpoint never released)", metric="mIoU")
+
+
+_ENTRIES += [
+    _mmseg_knet("fcn", "20220228_043751-abcab920", 43.60, 43.3),
+    _mmseg_knet("pspnet", "20220228_054634-d2c72240", 44.18, 43.9),
+    _mmseg_knet("deeplabv3", "20220228_041642-00c8fbeb", 45.06, 44.6),
+    _mmseg_knet("upernet", "20220304_125657-215753b0", 43.45, 43.6, preset="ade20k/knet_r50_d8_upernet_512_mmseg"),
 ]
 
 #: name -> entry

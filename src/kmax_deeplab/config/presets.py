@@ -13,6 +13,8 @@ deeplab2 post-processing with its area limits) and, for R50, the deeplab2-layout
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Callable
 
 from kmax_deeplab.modeling.max_deeplab.config import MaXLossConfig, MaXModelConfig, MaXPostProcessConfig
@@ -312,6 +314,35 @@ def _knet_semantic(decode_head: str) -> Config:
     )
 
 
+def _knet_semantic_tiny() -> Config:
+    """A small semantic K-Net for tests: the synthetic dataset's panoptic PNGs read as semantic
+    labels (7 classes), 128x128 images, 96x96 crops, K-Net + FCN on a tiny ResNet (output stride
+    8; 32-d kernels updated as two 16-d halves, as the R-50 FCN's 512-d as 256-d), CPU-trainable."""
+    from kmax_deeplab.modeling.knet_semantic.config import (
+        KNetSemanticLossConfig,
+        KNetSemanticModelConfig,
+        KNetSemanticPostProcessConfig,
+    )
+
+    return Config(
+        name="synthetic/knet_semantic_tiny",
+        model=KNetSemanticModelConfig(backbone="resnet_tiny", decode_head="fcn", num_classes=7, num_queries=7,
+                                      image_size=(128, 128), head_channels=32, updator_dim=16, num_stages=3,
+                                      num_heads=2, ffn_dim=64, aux_channels=16, norm="BN"),
+        data=DataConfig(dataset="synthetic", root="", train_image_dir="train/images",
+                        train_json="train/panoptic.json", train_panoptic_dir="train/panoptic",
+                        val_image_dir="val/images", val_json="val/panoptic.json",
+                        val_panoptic_dir="val/panoptic", crop_size=(96, 96), min_scale=0.75, max_scale=1.5,
+                        num_workers=0, color_jitter=False, copy_paste=False),
+        loss=KNetSemanticLossConfig(),
+        solver=SolverConfig(batch_size=4, max_iters=300, base_lr=1e-3, weight_decay=5e-4, backbone_lr_multiplier=1.0,
+                            warmup_iters=20, warmup_factor=0.001, optimizer="adamw", lr_schedule="warmup_step",
+                            lr_steps=(250,), lr_gamma=0.1, clip_grad_norm=1.0, checkpoint_period=100,
+                            eval_period=0, log_period=10, output_dir="runs/knet_semantic_tiny"),
+        postprocess=KNetSemanticPostProcessConfig(mode="whole"),
+    )
+
+
 def _knet_semantic_swin(size: str, crop: int) -> Config:
     """The semantic K-Net + UPerNet on Swin
     (``configs/seg/knet/knet_s3_upernet_swin-{t,l}_80k_adamw[_640x640]_ade20k.py``):
@@ -368,8 +399,14 @@ for _task, _suffix in (("panoptic", ""), ("instance", "_instance")):
         PRESETS[_n] = (lambda bb=_bb, sc=_sched, t=_task: _knet(bb, sc, t))
     PRESETS[f"coco/knet_r101_dcn_fpn_ms3x{_suffix}"] = (lambda t=_task: _knet("resnet101", "ms3x", t, dcn="DCN"))
     PRESETS[f"coco/knet_swin_l_fpn_ms3x{_suffix}"] = (lambda t=_task: _knet_swin_l(t))
+PRESETS["synthetic/knet_semantic_tiny"] = _knet_semantic_tiny
 for _head in ("fcn", "pspnet", "deeplabv3", "upernet"):
     PRESETS[f"ade20k/knet_r50_d8_{_head}_512"] = (lambda h=_head: _knet_semantic(h))
+# mmsegmentation's K-Net + UPerNet (the released checkpoint): the UPerNet head 512 channels wide.
+PRESETS["ade20k/knet_r50_d8_upernet_512_mmseg"] = _named(
+    lambda: dataclasses.replace(_knet_semantic("upernet"),
+                                model=dataclasses.replace(_knet_semantic("upernet").model, head_channels=512)),
+    "ade20k/knet_r50_d8_upernet_512_mmseg")
 PRESETS["ade20k/knet_swin_t_upernet_512"] = lambda: _knet_semantic_swin("t", 512)
 PRESETS["ade20k/knet_swin_l_upernet_640"] = lambda: _knet_semantic_swin("l", 640)
 for _size in ("tiny", "small", "base", "large"):

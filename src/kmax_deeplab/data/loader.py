@@ -73,6 +73,8 @@ def collate_panoptic(samples: Sequence[dict[str, Any]], *, size_divisor: int = 1
             t["void"] = torch.nn.functional.pad(t["void"], pad, value=True)
         if "semantic" in t:
             t["semantic"] = torch.nn.functional.pad(t["semantic"], pad, value=int(ignore_label))
+        if "sem_seg" in t:  # semantic-task label maps: 255 is their ignore value
+            t["sem_seg"] = torch.nn.functional.pad(t["sem_seg"], pad, value=255)
         targets.append(t)
     return {"images": images, "targets": targets}
 

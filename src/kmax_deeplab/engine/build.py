@@ -78,12 +78,14 @@ def build_dataset(cfg: Any, split: str, *, is_train: bool | None = None) -> Any:
     """
     from kmax_deeplab.data.catalog import get_dataset_meta
     from kmax_deeplab.data.coco_panoptic import COCOPanopticDataset
-    from kmax_deeplab.modeling.families import family_of
+    from kmax_deeplab.modeling.families import family_of, task_of
 
     d = cfg.data
     root = Path(d.root)
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    if task_of(cfg) == "semantic":
+        return build_semantic_dataset(cfg, split, is_train=is_train)
     image_dir, json_file, pan_dir = (getattr(d, f"{split}_image_dir"), getattr(d, f"{split}_json"),
                                      getattr(d, f"{split}_panoptic_dir"))
     train = split == "train" if is_train is None else is_train
@@ -91,6 +93,38 @@ def build_dataset(cfg: Any, split: str, *, is_train: bool | None = None) -> Any:
                                get_dataset_meta(d.dataset),
                                transforms=family_of(cfg).input_geometry(cfg).transforms(d, is_train=train),
                                on_bad_sample=d.on_bad_sample)
+
+
+def build_semantic_dataset(cfg: Any, split: str, *, is_train: bool | None = None) -> Any:
+    """The ``train`` or ``val`` split of a semantic model's ``cfg.data``.
+
+    ``data.dataset == "ade20k"``: :class:`~kmax_deeplab.data.semantic.ADE20KSemanticDataset`
+    under ``data.root`` (``images/`` + ``annotations/``, ``reduce_zero_label``); any other
+    dataset: its COCO-panoptic layout read as semantic labels
+    (:class:`~kmax_deeplab.data.panoptic_semantic.PanopticSemanticDataset`, train ids, void 255).
+    The transforms are the family geometry's (training: mmseg's pipeline).
+
+    Raises:
+        FileNotFoundError / SemanticDataError / PanopticDataError: missing or malformed files (named).
+    """
+    from kmax_deeplab.data.catalog import get_dataset_meta
+    from kmax_deeplab.data.coco_panoptic import COCOPanopticDataset
+    from kmax_deeplab.data.panoptic_semantic import PanopticSemanticDataset
+    from kmax_deeplab.data.semantic import ADE20KSemanticDataset
+    from kmax_deeplab.modeling.families import family_of
+
+    d = cfg.data
+    train = split == "train" if is_train is None else is_train
+    transforms = family_of(cfg).input_geometry(cfg).transforms(d, is_train=train)
+    seed = int(getattr(cfg.solver, "seed", 0))
+    if d.dataset == "ade20k":
+        return ADE20KSemanticDataset(d.root, "training" if split == "train" else "validation",
+                                     transforms=transforms, seed=seed)
+    root = Path(d.root)
+    pan = COCOPanopticDataset(root / getattr(d, f"{split}_image_dir"), root / getattr(d, f"{split}_json"),
+                              root / getattr(d, f"{split}_panoptic_dir"), get_dataset_meta(d.dataset),
+                              on_bad_sample=d.on_bad_sample)
+    return PanopticSemanticDataset(pan, transforms=transforms, seed=seed)
 
 
 @dataclass
@@ -113,8 +147,8 @@ def build_training(cfg: Any, *, eval_max_images: int | None = None, with_eval: b
     The model is built under the current RNG state; call :func:`seed_everything` first
     so that every rank builds identical weights.
     """
-    from kmax_deeplab.engine.validation import PanopticValidation
-    from kmax_deeplab.modeling.families import family_of
+    from kmax_deeplab.engine.validation import PanopticValidation, SemanticValidation
+    from kmax_deeplab.modeling.families import family_of, task_of
 
     family = family_of(cfg)
     family.check_config(cfg)
@@ -122,7 +156,9 @@ def build_training(cfg: Any, *, eval_max_images: int | None = None, with_eval: b
     criterion = family.build_criterion(cfg)
     train_ds = build_dataset(cfg, "train")
     evaluate = None
-    if with_eval:
+    if with_eval and task_of(cfg) == "semantic":  # mIoU of the untransformed val samples
+        evaluate = SemanticValidation(cfg, build_dataset(cfg, "val", is_train=False), max_images=eval_max_images)
+    elif with_eval:
         evaluate = PanopticValidation(cfg, build_dataset(cfg, "val"), max_images=eval_max_images)
     collate = family.input_geometry(cfg).collate(cfg.model.num_classes)
     if family.full_resolution_targets:
@@ -259,5 +295,6 @@ def train_from_config(cfg: Any, *, output_dir: str | Path | None = None, resume:
         cleanup_distributed()
 
 
-__all__ = ["DistInfo", "TrainingParts", "build_dataset", "build_training", "export_final_weights",
-           "load_initial_weights", "make_prepare_batch", "seed_everything", "small_instance_weighting", "train_from_config"]
+__all__ = ["DistInfo", "TrainingParts", "build_dataset", "build_semantic_dataset", "build_training",
+           "export_final_weights", "load_initial_weights", "make_prepare_batch", "seed_everything",
+           "small_instance_weighting", "train_from_config"]

@@ -88,17 +88,20 @@ class KNetSemanticLossConfig:
 
 @dataclass
 class KNetSemanticPostProcessConfig:
-    """Test mode (mmseg ``test_cfg``; the K-Net ADE20K configs: ``mode='whole'``).
+    """Test mode (mmseg ``test_cfg``; the K-Net ADE20K configs: ``mode='whole'``), read by
+    :meth:`kmax_deeplab.engine.semantic_inference.SemanticTestConfig.from_config` (same field
+    names; the test scale is ``model.image_size``, ``align_corners`` the model's).
 
     Attributes:
         mode: ``"whole"`` (one forward of the resized image) or ``"slide"``.
         crop_size / stride: sliding-window crop and stride ``(h, w)``.
-        flip: add horizontally flipped inputs.
-        scales: test scale ratios of ``model.image_size``.
+        flip: add flipped inputs; flip_direction: ``"horizontal"`` and/or ``"vertical"``.
+        scales: test scale ratios of ``model.image_size`` (mmseg ``img_ratios``).
     """
 
     mode: str = "whole"
     crop_size: tuple[int, int] = (512, 512)
     stride: tuple[int, int] = (341, 341)
     flip: bool = False
+    flip_direction: tuple[str, ...] = ("horizontal",)
     scales: tuple[float, ...] = (1.0,)
