@@ -92,15 +92,15 @@ KNET_IMAGE_SIZE = (62, 93)
 
 
 @torch.no_grad()
-def seeded_knet_swin(seed: int = 0):
-    """Panoptic K-Net on Swin-T (``build_knet(backbone="swin_t")``, drop path 0.2, nothing frozen) with
+def seeded_knet_swin(seed: int = 0, backbone: str = "swin_t"):
+    """Panoptic K-Net on Swin-T (``build_knet(backbone=backbone)``, drop path 0.2, nothing frozen) with
     :func:`knet_test_utils.randomise_knet`'s norms and biases and N(0, 1) position-bias tables; eval mode."""
     from knet_test_utils import randomise_knet
 
     from kmax_deeplab.modeling.knet import build_knet
 
     torch.manual_seed(seed)
-    model = build_knet(backbone="swin_t", backbone_drop_path=0.2, frozen_stages=-1)
+    model = build_knet(backbone=backbone, backbone_drop_path=0.2, frozen_stages=-1)
     randomise_knet(model, seed + 1)
     g = torch.Generator().manual_seed(seed + 2)
     for name, p in model.named_parameters():
@@ -116,3 +116,33 @@ def knet_photo() -> np.ndarray:
     photo = Path(__file__).resolve().parents[1] / "src/kmax_deeplab/assets/coco_sample/000000142238.jpg"
     img = Image.open(photo).convert("RGB").resize(KNET_IMAGE_SIZE[::-1], Image.BILINEAR)
     return np.asarray(img).astype(np.float32)
+
+
+@torch.no_grad()
+def seeded_semantic_swin(seed: int = 0):
+    """Semantic K-Net + UPerNet on Swin-T as mmseg 0.30's own K-Net config builds it (UPerNet and kernels
+    512 wide, updated as two 256-d halves; the K-Net repo's config, our preset, has 256), plain BN,
+    with :func:`knet_test_utils.randomise_knet`'s norms, biases and BN statistics and N(0, 1)
+    position-bias tables; eval mode."""
+    from knet_test_utils import randomise_knet
+
+    from kmax_deeplab.modeling.knet_semantic.model import build_knet_semantic
+
+    torch.manual_seed(seed)
+    model = build_knet_semantic(backbone="swin_t", decode_head="upernet", num_classes=150, backbone_drop_path=0.3,
+                                head_channels=512, updator_dim=256)
+    randomise_knet(model, seed + 1)
+    g = torch.Generator().manual_seed(seed + 2)
+    for name, p in model.named_parameters():
+        if name.endswith("relative_position_bias_table"):
+            p.copy_(torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
+def semantic_image() -> torch.Tensor:
+    """The normalised ``[1, 3, 62, 93]`` input of the semantic case: :func:`knet_photo` with the ImageNet
+    mean / std (mmseg ``img_norm_cfg``)."""
+    from kmax_deeplab.geometry import IMAGENET_MEAN, IMAGENET_STD
+
+    x = torch.from_numpy(knet_photo()).permute(2, 0, 1)[None]
+    return (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)

@@ -196,3 +196,90 @@ def test_semantic_swin_t_forward():
     with torch.no_grad():
         out = model(torch.rand(1, 3, 70, 90) * 255)
     assert out["sem_seg"].shape == (1, 150, 70, 90) and torch.isfinite(out["sem_seg"]).all()
+
+
+def test_swin_checkpoint_into_resnet_config_refused_in_one_line():
+    """A K-Net Swin-L state dict into an R-50 K-Net (and back) is refused in one line naming both backbones."""
+    from kmax_deeplab.checkpoints.mmdet import mmdet_to_ours
+    from kmax_deeplab.checkpoints.table import CheckpointMismatchError
+
+    with gzip.open(PARITY_DIR / "knet_swin_l_panoptic_keys.json.gz", "rt") as f:
+        swin_keys = json.load(f)
+    swin_state = {k: np.broadcast_to(np.zeros((), np.float32), s) for k, s in swin_keys.items()}
+    r50 = target_shapes(_meta_model("coco/knet_r50_fpn_1x"))
+    with pytest.raises(CheckpointMismatchError, match="Swin backbone, but the model has a ResNet") as e:
+        mmdet_to_ours(swin_state, r50, source="swin.pth")
+    assert "\n" not in str(e.value)
+    r50_state = ours_to_mmdet({k: np.broadcast_to(np.zeros((), np.float32), s) for k, s in r50.items()})
+    with pytest.raises(CheckpointMismatchError, match="ResNet backbone, but the model has a Swin"):
+        mmdet_to_ours(r50_state, target_shapes(_meta_model("coco/knet_swin_l_fpn_ms3x")), source="r50.pth")
+
+
+@pytest.mark.slow
+def test_semantic_swin_t_equals_mmseg(tmp_path):
+    """The semantic K-Net + UPerNet on Swin-T equals mmseg 0.30's own K-Net Swin-T config (mmseg's Swin and
+    K-Net port: the layout of mmseg's released Swin files) with seeded weights exported by ``save_mmseg``
+    and loaded there strictly: backbone, every stage, the final logits and the auxiliary head, in float64
+    (<= 1e-9 relative; measured 3e-12). float32 is not the criterion: the soft gathering amplifies
+    rounding on random weights (ours vs mmseg 1e-3 at stage 3, as large as mmseg fp32 vs its fp64)."""
+    from kmax_deeplab.checkpoints.mmseg import load_mmseg_checkpoint, save_mmseg
+    from knet_test_utils import checksums
+    from swin_test_utils import seeded_semantic_swin, semantic_image
+
+    torch.set_num_threads(1)
+    gold = dict(np.load(PARITY_DIR / "semantic_swin_t.npz"))
+    model = seeded_semantic_swin()
+    assert _count(model) == int(gold["num_params"])
+    path = save_mmseg(model.state_dict(), tmp_path / "sem.pth")
+    model.load_state_dict(load_mmseg_checkpoint(path, model), strict=True)
+    model.double()
+    x = semantic_image().double()
+    with torch.no_grad():
+        feats = model.backbone(x)
+        logits = model.stage_logits(feats)
+        final = model(x * model.pixel_std.double() + model.pixel_mean.double())["sem_seg"]
+        aux = model.auxiliary_head(feats)
+    mine = {f"s{i}": t for i, t in enumerate(logits)}
+    mine.update({f"res{i}": feats[f"res{i}"] for i in range(2, 6)}, final=final, aux=aux)
+    assert len(mine) == 10
+    for name, t in mine.items():
+        v = t.numpy()
+        assert list(v.shape) == list(gold[f"{name}.shape"]), name
+        step = max(1, -(-v.size // 1000))
+        ref = gold[f"{name}.val"]
+        np.testing.assert_allclose(v.reshape(-1)[::step], ref, rtol=0, atol=1e-9 * np.abs(ref).max(), err_msg=name)
+        np.testing.assert_allclose(checksums(v)[1:], gold[f"{name}.sum"][1:], rtol=1e-9, err_msg=name)
+
+
+@pytest.mark.slow
+def test_mmseg_importer_swin_layouts_and_refusals():
+    """``kmax convert --from mmseg`` reads a Swin semantic K-Net in mmseg 0.30's names and in the official
+    Swin names (K-Net's own seg configs) to the same tensors; a ResNet checkpoint into a Swin model (and
+    back) is refused in one line."""
+    from kmax_deeplab.checkpoints.mmseg import mmseg_to_ours, ours_to_mmseg
+    from kmax_deeplab.checkpoints.swin import ours_to_official
+    from kmax_deeplab.checkpoints.table import CheckpointMismatchError
+    from kmax_deeplab.modeling.knet_semantic.model import build_knet_semantic
+
+    torch.manual_seed(0)
+    model = build_knet_semantic(backbone="swin_t", decode_head="upernet", num_classes=150, num_stages=1)
+    sd = model.state_dict()
+    mm = ours_to_mmseg(sd)
+    assert sum(k.endswith("relative_position_index") for k in mm) == 12 and len(mm) == len(sd) + 12
+    back = mmseg_to_ours(mm, model)
+    assert set(back) == set(sd) and all(torch.equal(back[k], v) for k, v in sd.items())
+    official = {"backbone." + k: v for k, v in ours_to_official(
+        {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}).items()}
+    official.update({k: v for k, v in mm.items() if not k.startswith("backbone.")})
+    back = mmseg_to_ours(official, model)
+    assert all(torch.equal(back[k], v) for k, v in sd.items())
+    r50 = target_shapes(_meta_model_semantic("ade20k/knet_r50_d8_upernet_512"))
+    with pytest.raises(CheckpointMismatchError, match="Swin backbone, but the model has a ResNet") as e:
+        mmseg_to_ours(mm, r50, source="swin.pth")
+    assert "\n" not in str(e.value)
+
+
+def _meta_model_semantic(preset: str):
+    cfg = get_preset(preset)
+    with torch.device("meta"):
+        return get_family(cfg.model.meta_architecture).build_model(cfg)

@@ -152,7 +152,8 @@ def mmdet_to_ours(state: Mapping[str, np.ndarray | torch.Tensor], target: torch.
 
 
 def _check_family_and_task(state: Mapping[str, np.ndarray], target: Mapping[str, tuple], source: str) -> None:
-    """One-line refusal of another family's checkpoint or of the other K-Net task / class count."""
+    """One-line refusal of another family's checkpoint, of the other K-Net task / class count, or of a
+    Swin backbone into a ResNet model and back."""
     seg = state.get("rpn_head.conv_seg.weight")
     if seg is None or "roi_head.mask_head.0.fc_cls.weight" not in state:
         sample = ", ".join(sorted(state)[:3])
@@ -167,6 +168,14 @@ def _check_family_and_task(state: Mapping[str, np.ndarray], target: Mapping[str,
         raise CheckpointMismatchError(f"{source} holds a {kind(found)} K-Net with {found} classes, but the model "
                                       f"is {article} {kind(expected)} K-Net with {expected} classes; use the matching "
                                       f"config (panoptic 133 / instance 80)")
+    found_swin = "backbone.patch_embed.projection.weight" in state
+    ours_swin = "backbone.patch_embed.projection.weight" in target
+    if found_swin != ours_swin:
+        def name(swin: bool) -> str:
+            return "Swin" if swin else "ResNet"
+        raise CheckpointMismatchError(f"{source} holds a K-Net with a {name(found_swin)} backbone, but the model has a "
+                                      f"{name(ours_swin)} backbone; use the matching config (e.g. "
+                                      f"{'coco/knet_swin_l_fpn_ms3x' if found_swin else 'coco/knet_r50_fpn_1x'})")
 
 
 def ours_to_mmdet(state: Mapping[str, np.ndarray | torch.Tensor]) -> dict[str, np.ndarray]:

@@ -17,9 +17,15 @@ mmseg (ZwwWayne/K-Net ``knet/seg``, mmseg 0.30)                 ours (``modeling
 ``decode_head.kernel_update_head.{i}.ffn.layers.{0.0,1}.*``     ``stages.{i}.ffn.{fc1,fc2}.*``
 ``decode_head.kernel_update_head.{i}.{other}``                  ``stages.{i}.{other}``
 ``auxiliary_head.{r}``                                          ``auxiliary_head.{r}``
-``backbone.{patch_embed,stages}.…``, ``backbone.norm{0-3}.*``   unchanged (mmseg's Swin names are ours)
-``backbone.stages.….attn.w_msa.relative_position_index``        dropped (derived; re-created on export)
+``backbone.{patch_embed,stages,norm0..3}.*`` (mmseg 0.30 Swin)   the same (our Swin uses mmdet/mmseg names)
+``backbone.layers.…`` (official Swin, K-Net's seg configs)      via ``checkpoints.swin.OFFICIAL_TO_OURS``
+``backbone.….relative_position_index`` / ``attn_mask``          dropped (derived; re-created on export)
 ==============================================================  ==============================================
+
+Swin: the mmseg 0.30 K-Net Swin configs (and their released files) build mmseg's
+``SwinTransformer``, whose names are ours; the K-Net repo's own ``configs/seg/knet/*swin*`` name the
+Swin-Transformer-Semantic-Segmentation class, in the official layout, which is converted too.
+Exports use the mmseg 0.30 names.
 
 A checkpoint of another family (mmdet K-Net, a plain mmseg model), of another decode head or
 class count is refused in one line naming what it holds.
@@ -35,6 +41,7 @@ import torch
 
 from kmax_deeplab.checkpoints.detectron2 import to_numpy
 from kmax_deeplab.checkpoints.safe_load import load_weights_file
+from kmax_deeplab.checkpoints.swin import OFFICIAL_TO_OURS, relative_position_index_entries
 from kmax_deeplab.checkpoints.table import (
     CheckpointMismatchError,
     Row,
@@ -53,9 +60,13 @@ _GEN = "decode_head.kernel_generate_head"
 _UPD = "decode_head.kernel_update_head"
 _STAGE = r"decode_head\.kernel_update_head\.(?P<i>\d+)"
 _STAGE_OTHER = r"(?:attention_norm|ffn_norm|mask_fcs|fc_mask)\..+"
+#: Swin backbone entries in mmseg 0.30's names (= ours).
 _SWIN = r"backbone\.(?P<r>(?:patch_embed|stages)\..+|norm[0-3]\.(?:weight|bias))"
-#: mmseg stores Swin's relative_position_index buffers; ours derives them.
-_SWIN_DERIVED = (r"backbone\.stages\.\d+\.blocks\.\d+\.attn\.w_msa\.relative_position_index",)
+#: Derived Swin buffers both Swin layouts store.
+_SWIN_DERIVED = (r"backbone\..*\.relative_position_index", r"backbone\..*\.attn_mask")
+
+#: The official Swin layout under ``backbone.`` (K-Net's own seg configs), before the identity row.
+_OFFICIAL_SWIN = tuple(Row(r"backbone\." + r.pattern, "backbone." + r.template, r.transform) for r in OFFICIAL_TO_OURS)
 
 #: mmseg -> ours. The first matching row wins.
 MMSEG_TO_OURS = (
@@ -70,6 +81,7 @@ MMSEG_TO_OURS = (
     Row(r"backbone\.layer(?P<s>\d)\.(?P<b>\d+)\.downsample\.0\.weight", "backbone.res{s:+1}.{b}.shortcut.weight"),
     Row(rf"backbone\.layer(?P<s>\d)\.(?P<b>\d+)\.downsample\.1\.{_BN}",
         "backbone.res{s:+1}.{b}.shortcut.norm.{p}"),
+    *_OFFICIAL_SWIN,
     Row(_SWIN, "backbone.{r}"),
     Row(rf"decode_head\.kernel_generate_head\.(?P<r>.+)", "decode_head.{r}"),
     Row(rf"{_STAGE}\.attention\.attn\.(?P<r>.+)", "stages.{i}.attention.{r}"),
@@ -121,7 +133,7 @@ def decode_head_kind(names: Any, prefix: str) -> str | None:
 
 
 def _check_family(state: Mapping[str, np.ndarray], target: Mapping[str, tuple], source: str) -> None:
-    """One-line refusal of another family's checkpoint, another decode head or class count."""
+    """One-line refusal of another family's checkpoint, another decode head, class count or backbone kind."""
     seg = state.get(f"{_GEN}.conv_seg.weight")
     if seg is None or not any(k.startswith(f"{_UPD}.0.") for k in state):
         sample = ", ".join(sorted(state)[:3])
@@ -134,6 +146,13 @@ def _check_family(state: Mapping[str, np.ndarray], target: Mapping[str, tuple], 
         raise CheckpointMismatchError(
             f"{source} holds a K-Net + {_HEAD_NAMES.get(found or '', found)}, but the model is K-Net + "
             f"{_HEAD_NAMES[expected]}; use model.decode_head={found} (e.g. ade20k/knet_r50_d8_{found}_512)")
+    found_swin = any(k.startswith(("backbone.patch_embed.", "backbone.layers.0.blocks.")) for k in state)
+    ours_swin = "backbone.patch_embed.projection.weight" in target
+    if any(k.startswith("backbone.") for k in target) and found_swin != ours_swin:
+        def name(swin: bool) -> str:
+            return "Swin" if swin else "ResNet"
+        raise CheckpointMismatchError(f"{source} holds a {name(found_swin)} backbone, but the model has a "
+                                      f"{name(ours_swin)} backbone; use the matching config (model.backbone)")
     ours = target.get("decode_head.conv_seg.weight")
     if ours is not None and tuple(seg.shape)[0] != tuple(ours)[0]:
         raise CheckpointMismatchError(f"{source} has {int(seg.shape[0])} classes, but the model has {int(ours[0])} "
@@ -176,10 +195,7 @@ def ours_to_mmseg(state: Mapping[str, np.ndarray | torch.Tensor]) -> dict[str, n
     if unmatched:
         raise CheckpointMismatchError(f"cannot export to the mmseg K-Net layout: {len(unmatched)} keys "
                                       f"have no mmseg name: {unmatched[:20]}")
-    if any(k.startswith("backbone.stages.") for k in converted):
-        from kmax_deeplab.checkpoints.swin import relative_position_index_entries
-
-        converted.update({k: v.numpy() for k, v in relative_position_index_entries(converted, "backbone.").items()})
+    converted.update({k: v.numpy() for k, v in relative_position_index_entries(converted, "backbone.").items()})
     return converted
 
 
