@@ -31,11 +31,23 @@ from typing import Any
 import torch
 
 DEVICE = torch.device("cuda")  # --device cpu: a smoke run of this script without a GPU
-DEFAULT_PRESETS = ("coco/kmax_r50", "coco/max_deeplab_s_641", "coco/knet_r50_fpn_1x")
+DEFAULT_PRESETS = ("coco/kmax_r50", "coco/max_deeplab_s_641", "coco/knet_r50_fpn_1x",
+                   "ade20k/knet_r50_d8_upernet_512")
+
+
+def is_semantic(cfg: Any) -> bool:
+    """A semantic-task model (``{"sem_seg"}`` output, label-map targets)."""
+    from kmax_deeplab.modeling.families import task_of
+
+    return task_of(cfg) == "semantic"
 
 
 def canvas_of(cfg: Any) -> tuple[int, int]:
-    """The ``(H, W)`` the model is fed: a fixed canvas, or K-Net's 800x1333 padded to 32."""
+    """The ``(H, W)`` the model is fed: a fixed canvas, K-Net's 800x1333 padded to 32, or a semantic
+    model's training crop (ADE20K: 512x512, the issue's figure)."""
+    if is_semantic(cfg):
+        c = cfg.data.crop_size
+        return (int(c[0]), int(c[1])) if isinstance(c, (list, tuple)) else (int(c), int(c))
     size = getattr(cfg.model, "image_size", None)
     if size:
         return int(size[0]), int(size[1])
@@ -47,8 +59,10 @@ def canvas_of(cfg: Any) -> tuple[int, int]:
     return -(-h // div) * div, -(-w // div) * div
 
 
-def synthetic_samples(batch: int, size: tuple[int, int], num_classes: int, g: torch.Generator) -> list[dict]:
-    """Dataset-format samples (``image`` 0..255, ``masks``, ``labels``, ``is_crowd``, ``void``)."""
+def synthetic_samples(batch: int, size: tuple[int, int], num_classes: int, g: torch.Generator,
+                      semantic: bool = False) -> list[dict]:
+    """Dataset-format samples (``image`` 0..255, ``masks``, ``labels``, ``is_crowd``, ``void``; with
+    ``semantic`` the label map ``sem_seg`` instead, 255 outside the rectangles)."""
     h, w = size
     out = []
     for _ in range(batch):
@@ -59,6 +73,10 @@ def synthetic_samples(batch: int, size: tuple[int, int], num_classes: int, g: to
             hh, ww = (int(v) for v in torch.randint(32, min(h, w) // 2, (2,), generator=g))
             ids[y0:y0 + hh, x0:x0 + ww] = k
         present = [k for k in range(1, 21) if (ids == k).any()]
+        if semantic:
+            lut = torch.cat([torch.tensor([255]), torch.randint(0, num_classes, (20,), generator=g)])
+            out.append({"image": torch.rand(3, h, w, generator=g) * 255, "sem_seg": lut[ids]})
+            continue
         out.append({"image": torch.rand(3, h, w, generator=g) * 255,
                     "masks": torch.stack([ids == k for k in present]),
                     "labels": torch.randint(0, num_classes, (len(present),), generator=g),
@@ -96,10 +114,13 @@ def check_correctness(preset: str, cfg: Any) -> str:
         ref = model(x)
         got = model.to(DEVICE)(x.to(DEVICE))
     row = []
-    for key in ("pred_logits", "pred_masks"):
+    keys, label_key = (("sem_seg",), "sem_seg") if is_semantic(cfg) else (("pred_logits", "pred_masks"), "pred_masks")
+    for key in keys:
         a, b = ref[key].float(), got[key].float().cpu()
         row.append(f"{float((a - b).abs().max() / a.abs().max().clamp_min(1e-12)):.1e}")
-    agree = (ref["pred_masks"].argmax(1) == got["pred_masks"].cpu().argmax(1)).float().mean()
+    if len(keys) == 1:
+        row.insert(0, "-")  # no class logits: the per-pixel logits are the mask column
+    agree = (ref[label_key].argmax(1) == got[label_key].cpu().argmax(1)).float().mean()
     row.append(f"{100 * float(agree):.3f} %")
     return f"| {preset} {h}x{w} | " + " | ".join(row) + " |"
 
@@ -143,7 +164,8 @@ def bench_train_step(preset: str, cfg: Any, batch: int, steps: int) -> str:
     optimizer = family.build_optimizer(model, cfg)
     size = getattr(cfg.data, "crop_size", None) or canvas_of(cfg)
     size = (int(size[0]), int(size[1])) if isinstance(size, (list, tuple)) else (int(size), int(size))
-    samples = synthetic_samples(batch, size, cfg.model.num_classes, torch.Generator().manual_seed(0))
+    samples = synthetic_samples(batch, size, cfg.model.num_classes, torch.Generator().manual_seed(0),
+                                semantic=is_semantic(cfg))
     collated = family.input_geometry(cfg).collate(cfg.model.num_classes)(samples)
     prepare = (default_prepare_batch if family.full_resolution_targets
                else make_prepare_batch(cfg.model.num_classes, family.mask_stride))
@@ -194,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         except (KeyError, ValueError) as e:
             print(f"skipping {name}: {e}")
     sections = [
-        ("CUDA vs CPU (fp32, TF32 off, eval)", "| preset | class logits rel | mask logits rel | mask argmax agreement |",
+        ("CUDA vs CPU (fp32, TF32 off, eval)", "| preset | class logits rel | mask (semantic: pixel) logits rel | argmax agreement |",
          lambda n, c: [check_correctness(n, c)]),
         ("bf16 inference", "| preset | batch | compile | images/s |",
          lambda n, c: bench_inference(n, c, args.repeats, not args.no_compile)),

@@ -3,7 +3,7 @@
 # Installs the project into a fresh venv on that machine when needed, then runs every GPU
 # check the open issues ask for (benchmarks/gpu_suite.py: CUDA vs CPU correctness, bf16
 # inference images/s at batch 1 and 8 with and without torch.compile, a bf16 training step's
-# images/s and peak memory, for kMaX, MaX-DeepLab and K-Net) within a 7-minute budget, and
+# images/s and peak memory, for kMaX, MaX-DeepLab, K-Net and semantic K-Net) within a 7-minute budget, and
 # writes the report to $OUT/gpu_suite.md (or ./gpu_suite.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
