@@ -156,7 +156,7 @@ def _max_coco(variant: str, size: int) -> Config:
         model=MaXModelConfig(variant=variant, backbone="axial_resnet50" if variant == "s" else "wide_resnet41",
                              num_classes=133, num_queries=128, image_size=(size, size), drop_path_keep_prob=0.8,
                              aux_semantic="decoder"),
-        data=DataConfig(dataset="coco", crop_size=(size, size), min_scale=0.5, max_scale=1.5,
+        data=DataConfig(dataset="coco", crop_size=(size, size), min_scale=0.5, max_scale=1.5, scale_step=0.1,
                         color_jitter=False, copy_paste=False,
                         autoaugment="" if variant == "s" else "simple_classification_policy",
                         small_instance_weight=1.0 if variant == "s" else 3.0, small_instance_threshold=4096),

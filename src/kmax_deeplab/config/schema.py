@@ -59,6 +59,10 @@ class DataConfig:
     crop_size: tuple[int, int] = (1281, 1281)
     min_scale: float = 0.2
     max_scale: float = 2.0
+    # deeplab2's scale_factor_step_size: 0 draws the scale uniformly (bytedance, and deeplab2 with
+    # step 0); > 0 picks one of int((max - min) / step + 1) evenly spaced values in [min, max]
+    # (deeplab2 preprocess_utils.get_random_scale; the MaX and kMaX deeplab2 configs use 0.1).
+    scale_step: float = 0.0
     flip: bool = True
     min_valid_pixels: int = 4096  # re-sample crops with <= this many stride-4 valid pixels
     color_jitter: bool = True  # BD SSD colour jitter (data/photometric.py)

@@ -116,6 +116,7 @@ def validate_config(cfg: Any) -> Any:
         _positive_ints(data.crop_size, "data.crop_size")
         _in_range(data.min_scale, "data.min_scale", 0.0, lo_open=True)
         _in_range(data.max_scale, "data.max_scale", 0.0, lo_open=True)
+        _in_range(getattr(data, "scale_step", 0.0), "data.scale_step", 0.0)
         if data.min_scale > data.max_scale:
             raise ConfigError(f"data.min_scale={data.min_scale} is larger than data.max_scale="
                               f"{data.max_scale}")

@@ -168,6 +168,35 @@ def count_valid_stride4(record: Record) -> tuple[int, int]:
     return int(hit.sum()), int(np.unique(sub[hit]).size)
 
 
+def scale_choices(min_scale: float, max_scale: float, step: float) -> np.ndarray:
+    """The discrete scales deeplab2 draws from (``preprocess_utils.get_random_scale``, step > 0).
+
+    ``num = int((max - min) / step + 1)`` in Python floats, then TF's float32
+    ``linspace(min, max, num)`` (``min + i * (max - min) / (num - 1)``). The count is deeplab2's,
+    quirks included: for 0.1..2.0 in steps of 0.1 it is 19, not 20, so the values are 0.1056 apart.
+
+    Returns:
+        float32 ``[num]``.
+    """
+    num = int((max_scale - min_scale) / step + 1)
+    if num <= 1:
+        return np.array([min_scale], dtype=np.float32)
+    lo, hi = np.float32(min_scale), np.float32(max_scale)
+    delta = (hi - lo) / np.float32(num - 1)
+    return (lo + np.arange(num, dtype=np.float32) * delta).astype(np.float32)
+
+
+def random_scale(min_scale: float, max_scale: float, step: float, rng: np.random.Generator) -> float:
+    """One random scale: uniform in ``[min, max)`` (step 0, bytedance) or one of
+    :func:`scale_choices` with equal probability (deeplab2); ``min == max`` returns it."""
+    if min_scale == max_scale:
+        return float(min_scale)
+    if step <= 0:
+        return float(rng.uniform(min_scale, max_scale))
+    choices = scale_choices(min_scale, max_scale, step)
+    return float(choices[int(rng.integers(len(choices)))])
+
+
 class LargeScaleJitter:
     """Training augmentation: scale jitter, random crop, flip, pad (spec §4, bytedance).
 
@@ -175,6 +204,9 @@ class LargeScaleJitter:
         crop_size: (h, w) of the output canvas, e.g. (1281, 1281).
         min_scale / max_scale: scale range s; the image is fitted into ``crop_size * s``
             (detectron2 ``ResizeScale``: factor ``min(s*h_c/H, s*w_c/W)``).
+        scale_step: 0 draws s uniformly in ``[min_scale, max_scale)``; > 0 draws one of the
+            ``int((max - min) / step + 1)`` float32 values ``linspace(min, max)`` with equal
+            probability (:func:`random_scale`, deeplab2's ``get_random_scale``).
         flip: random horizontal flip with probability 0.5.
         min_valid_pixels: re-sample when the stride-4 ground truth has ``<=`` this many
             non-void pixels or no non-crowd segment (bytedance: 4096). 0 only re-samples
@@ -194,6 +226,7 @@ class LargeScaleJitter:
 
     def __init__(self, crop_size: Sequence[int], min_scale: float = 0.2, max_scale: float = 2.0,
                  flip: bool = True, min_valid_pixels: int = 4096, max_tries: int = 20,
+                 scale_step: float = 0.0,
                  pad_value: float = PAD_VALUE, image_mode: str = "bilinear",
                  color_jitter: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
                  autoaugment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None) -> None:
@@ -201,6 +234,7 @@ class LargeScaleJitter:
             raise ValueError(f"need 0 < min_scale <= max_scale, got {min_scale}, {max_scale}")
         self.crop_size = (int(crop_size[0]), int(crop_size[1]))
         self.min_scale, self.max_scale = float(min_scale), float(max_scale)
+        self.scale_step = float(scale_step)
         self.flip = flip
         self.min_valid_pixels = int(min_valid_pixels)
         self.max_tries = int(max_tries)
@@ -213,7 +247,7 @@ class LargeScaleJitter:
         """One random resize + crop + flip + pad, without the validity check."""
         ch, cw = self.crop_size
         h, w = record["panoptic"].shape
-        s = rng.uniform(self.min_scale, self.max_scale)
+        s = random_scale(self.min_scale, self.max_scale, self.scale_step, rng)
         f = min(s * ch / h, s * cw / w)
         nh, nw = max(1, int(round(h * f))), max(1, int(round(w * f)))
         th, tw = min(nh, ch), min(nw, cw)
@@ -374,7 +408,8 @@ def build_transforms(data_cfg: Any, is_train: bool) -> Callable[..., Record]:
 
         autoaugment = AutoAugment(data_cfg.autoaugment)
     main = LargeScaleJitter(data_cfg.crop_size, data_cfg.min_scale, data_cfg.max_scale, flip=data_cfg.flip,
-                            min_valid_pixels=data_cfg.min_valid_pixels, color_jitter=jitter, autoaugment=autoaugment)
+                            min_valid_pixels=data_cfg.min_valid_pixels, color_jitter=jitter, autoaugment=autoaugment,
+                            scale_step=getattr(data_cfg, "scale_step", 0.0))
     if not getattr(data_cfg, "copy_paste", True):
         return main
     from kmax_deeplab.data.copy_paste import PanopticCopyPaste  # copy_paste imports this module
