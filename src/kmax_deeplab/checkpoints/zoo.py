@@ -175,8 +175,9 @@ _ENTRIES += [
 # configs (configs/knet/README.md, mmseg v0.5 model zoo), in the same key layout (checked against
 # mmseg 0.30's own K-Net configs built on CPU: every key and shape converts strictly), with their
 # own published single-scale mIoU. mmseg's UPerNet is 512 channels wide (the original config: 256):
-# preset ade20k/knet_r50_d8_upernet_512_mmseg. Their Swin-T/L files keep mmseg's Swin names, which
-# checkpoints/mmseg.py does not convert yet, so they have no entry.
+# presets ade20k/knet_r50_d8_upernet_512_mmseg and ade20k/knet_swin_*_upernet_*_mmseg. Their Swin-T/L
+# files keep mmseg's Swin names, which are ours (checked against mmseg 0.30's own K-Net Swin configs
+# built on CPU: every key and shape, tests/test_knet_swin.py).
 _MMSEG_KNET = "https://download.openmmlab.com/mmsegmentation/v0.5/knet/"
 
 
@@ -193,6 +194,22 @@ _ENTRIES += [
     _mmseg_knet("pspnet", "20220228_054634-d2c72240", 44.18, 43.9),
     _mmseg_knet("deeplabv3", "20220228_041642-00c8fbeb", 45.06, 44.6),
     _mmseg_knet("upernet", "20220304_125657-215753b0", 43.45, 43.6, preset="ade20k/knet_r50_d8_upernet_512_mmseg"),
+]
+
+
+def _mmseg_knet_swin(size: str, crop: int, stamp: str, miou: float, knet_readme: float) -> ZooEntry:
+    folder = f"knet_s3_upernet_swin-{size}_8x2_{crop}x{crop}_adamw_80k_ade20k"
+    name = f"knet_swin_{size}_upernet_ade20k" + ("" if crop == 512 else f"_{crop}")
+    return ZooEntry(name, f"{_MMSEG_KNET}{folder}/{folder}_{stamp}.pth", "mmseg", "ade20k", f"swin_{size}",
+                    f"ade20k/knet_swin_{size}_upernet_{crop}_mmseg", miou,
+                    note=f"mmsegmentation's training of the K-Net Swin config (K-Net README: {knet_readme} mIoU, "
+                         "checkpoint never released)", metric="mIoU")
+
+
+_ENTRIES += [
+    _mmseg_knet_swin("t", 512, "20220303_133059-7545e1dc", 45.84, 45.4),
+    _mmseg_knet_swin("l", 512, "20220303_154559-d8da9a90", 52.05, 52.0),
+    _mmseg_knet_swin("l", 640, "20220720_165636-cbcaed32", 52.46, 52.7),
 ]
 
 #: name -> entry

@@ -408,7 +408,13 @@ PRESETS["ade20k/knet_r50_d8_upernet_512_mmseg"] = _named(
                                 model=dataclasses.replace(_knet_semantic("upernet").model, head_channels=512)),
     "ade20k/knet_r50_d8_upernet_512_mmseg")
 PRESETS["ade20k/knet_swin_t_upernet_512"] = lambda: _knet_semantic_swin("t", 512)
+PRESETS["ade20k/knet_swin_l_upernet_512"] = lambda: _knet_semantic_swin("l", 512)
 PRESETS["ade20k/knet_swin_l_upernet_640"] = lambda: _knet_semantic_swin("l", 640)
+# mmsegmentation's K-Net Swin configs (its released files): the same with the UPerNet head 512 wide.
+for _s, _c in (("t", 512), ("l", 512), ("l", 640)):
+    PRESETS[f"ade20k/knet_swin_{_s}_upernet_{_c}_mmseg"] = _named(
+        lambda s=_s, c=_c: dataclasses.replace(_knet_semantic_swin(s, c), model=dataclasses.replace(
+            _knet_semantic_swin(s, c).model, head_channels=512)), f"ade20k/knet_swin_{_s}_upernet_{_c}_mmseg")
 for _size in ("tiny", "small", "base", "large"):
     _bb = f"convnext_{_size}"
     _factories = {
