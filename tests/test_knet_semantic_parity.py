@@ -162,22 +162,29 @@ def test_kmax_convert_from_mmseg(tmp_path, capsys):
     ("knet_s3_pspnet_r50-d8_8x2_512x512_adamw_80k_ade20k", "ade20k/knet_r50_d8_pspnet_512"),
     ("knet_s3_deeplabv3_r50-d8_8x2_512x512_adamw_80k_ade20k", "ade20k/knet_r50_d8_deeplabv3_512"),
     ("knet_s3_upernet_r50-d8_8x2_512x512_adamw_80k_ade20k", "ade20k/knet_r50_d8_upernet_512_mmseg"),
+    ("knet_s3_upernet_swin-t_8x2_512x512_adamw_80k_ade20k", "ade20k/knet_swin_t_upernet_512_mmseg"),
+    pytest.param("knet_s3_upernet_swin-l_8x2_640x640_adamw_80k_ade20k", "ade20k/knet_swin_l_upernet_640_mmseg",
+                 marks=pytest.mark.slow),
 ])
 def test_released_mmseg_layout_converts_strictly(config, preset):
     """The zoo's released files are mmsegmentation's K-Net configs: their every key and shape
     (``tests/data/semantic/mmseg_knet_zoo_keys.json.gz``, ``tools/record_mmseg_knet_keys.py``)
-    convert strictly into the zoo entry's preset (mmseg's UPerNet is 512 wide: the ``_mmseg`` preset)."""
+    convert strictly into the zoo entry's preset (mmseg's UPerNet is 512 wide: the ``_mmseg``
+    presets), and our export gives exactly that layout back (Swin: with the derived
+    ``relative_position_index`` buffers)."""
     import gzip
 
     from kmax_deeplab.checkpoints.zoo import ZOO
     from kmax_deeplab.config import get_preset
-    from kmax_deeplab.modeling.knet_semantic import build_knet_semantic
+    from kmax_deeplab.modeling.families import family_of
 
     with gzip.open(PARITY_DIR.parent.parent / "semantic" / "mmseg_knet_zoo_keys.json.gz", "rt") as f:
         layout = json.load(f)[config]
-    m = get_preset(preset).model
-    model = build_knet_semantic(decode_head=m.decode_head, head_channels=m.head_channels)
+    cfg = get_preset(preset)
+    cfg.model.norm = "BN"
+    model = family_of(cfg).build_model(cfg)
     out = mmseg_to_ours({k: np.zeros(s, np.float32) for k, s in layout.items()}, model, strict=True)
-    assert len(out) == len(model.state_dict()) == len(layout)
+    assert len(out) == len(model.state_dict())
+    assert {k: list(v.shape) for k, v in ours_to_mmseg(model.state_dict()).items()} == layout
     entry = next(e for e in ZOO.values() if e.source == "mmseg" and config in e.url)
     assert entry.preset == preset and entry.metric == "mIoU" and entry.dataset == "ade20k"

@@ -185,7 +185,8 @@ def mmseg_to_ours(state: Mapping[str, np.ndarray | torch.Tensor], target: torch.
 
 
 def ours_to_mmseg(state: Mapping[str, np.ndarray | torch.Tensor]) -> dict[str, np.ndarray]:
-    """Rename our semantic K-Net state dict to the original mmseg names (tensors unchanged).
+    """Rename our semantic K-Net state dict to the original mmseg names (tensors unchanged); a Swin
+    backbone also gets the ``relative_position_index`` buffers mmseg's ``WindowMSA`` stores.
 
     Raises:
         CheckpointMismatchError: a key no row converts (not a semantic K-Net state dict).

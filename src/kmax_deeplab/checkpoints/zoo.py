@@ -175,16 +175,18 @@ _ENTRIES += [
 # configs (configs/knet/README.md, mmseg v0.5 model zoo), in the same key layout (checked against
 # mmseg 0.30's own K-Net configs built on CPU: every key and shape converts strictly), with their
 # own published single-scale mIoU. mmseg's UPerNet is 512 channels wide (the original config: 256):
-# presets ade20k/knet_r50_d8_upernet_512_mmseg and ade20k/knet_swin_*_upernet_*_mmseg. Their Swin-T/L
-# files keep mmseg's Swin names, which are ours (checked against mmseg 0.30's own K-Net Swin configs
-# built on CPU: every key and shape, tests/test_knet_swin.py).
+# presets ade20k/knet_*_upernet_*_mmseg. The Swin-T/-L files keep mmseg's Swin names, which are ours.
 _MMSEG_KNET = "https://download.openmmlab.com/mmsegmentation/v0.5/knet/"
 
 
-def _mmseg_knet(head: str, stamp: str, miou: float, knet_readme: float, preset: str | None = None) -> ZooEntry:
-    folder = f"knet_s3_{head}_r50-d8_8x2_512x512_adamw_80k_ade20k"
-    return ZooEntry(f"knet_r50_d8_{head}_ade20k", f"{_MMSEG_KNET}{folder}/{folder}_{stamp}.pth", "mmseg", "ade20k",
-                    "resnet50_v1c", preset or f"ade20k/knet_r50_d8_{head}_512", miou,
+def _mmseg_knet(head: str, stamp: str, miou: float, knet_readme: float, preset: str | None = None,
+                backbone: str = "r50-d8", crop: int = 512) -> ZooEntry:
+    folder = f"knet_s3_{head}_{backbone}_8x2_{crop}x{crop}_adamw_80k_ade20k"
+    ours = {"r50-d8": "resnet50_v1c", "swin-t": "swin_t", "swin-l": "swin_l"}[backbone]
+    name = (f"knet_r50_d8_{head}_ade20k" if backbone == "r50-d8"
+            else f"knet_{ours}_{head}_{crop}_ade20k")
+    return ZooEntry(name, f"{_MMSEG_KNET}{folder}/{folder}_{stamp}.pth", "mmseg", "ade20k",
+                    ours, preset or f"ade20k/knet_r50_d8_{head}_512", miou,
                     note=f"mmsegmentation's training of the K-Net config (K-Net README: {knet_readme} mIoU, "
                          "checkpoint never released)", metric="mIoU")
 
@@ -194,22 +196,12 @@ _ENTRIES += [
     _mmseg_knet("pspnet", "20220228_054634-d2c72240", 44.18, 43.9),
     _mmseg_knet("deeplabv3", "20220228_041642-00c8fbeb", 45.06, 44.6),
     _mmseg_knet("upernet", "20220304_125657-215753b0", 43.45, 43.6, preset="ade20k/knet_r50_d8_upernet_512_mmseg"),
-]
-
-
-def _mmseg_knet_swin(size: str, crop: int, stamp: str, miou: float, knet_readme: float) -> ZooEntry:
-    folder = f"knet_s3_upernet_swin-{size}_8x2_{crop}x{crop}_adamw_80k_ade20k"
-    name = f"knet_swin_{size}_upernet_ade20k" + ("" if crop == 512 else f"_{crop}")
-    return ZooEntry(name, f"{_MMSEG_KNET}{folder}/{folder}_{stamp}.pth", "mmseg", "ade20k", f"swin_{size}",
-                    f"ade20k/knet_swin_{size}_upernet_{crop}_mmseg", miou,
-                    note=f"mmsegmentation's training of the K-Net Swin config (K-Net README: {knet_readme} mIoU, "
-                         "checkpoint never released)", metric="mIoU")
-
-
-_ENTRIES += [
-    _mmseg_knet_swin("t", 512, "20220303_133059-7545e1dc", 45.84, 45.4),
-    _mmseg_knet_swin("l", 512, "20220303_154559-d8da9a90", 52.05, 52.0),
-    _mmseg_knet_swin("l", 640, "20220720_165636-cbcaed32", 52.46, 52.7),
+    _mmseg_knet("upernet", "20220303_133059-7545e1dc", 45.84, 45.4, preset="ade20k/knet_swin_t_upernet_512_mmseg",
+                backbone="swin-t"),
+    _mmseg_knet("upernet", "20220303_154559-d8da9a90", 52.05, 52.0, preset="ade20k/knet_swin_l_upernet_512_mmseg",
+                backbone="swin-l"),
+    _mmseg_knet("upernet", "20220301_220747-8787fc71", 52.21, 52.7, preset="ade20k/knet_swin_l_upernet_640_mmseg",
+                backbone="swin-l", crop=640),
 ]
 
 #: name -> entry

@@ -407,14 +407,24 @@ PRESETS["ade20k/knet_r50_d8_upernet_512_mmseg"] = _named(
     lambda: dataclasses.replace(_knet_semantic("upernet"),
                                 model=dataclasses.replace(_knet_semantic("upernet").model, head_channels=512)),
     "ade20k/knet_r50_d8_upernet_512_mmseg")
+
+
+def _mmseg_width(factory: Callable[[], Config], name: str) -> Callable[[], Config]:
+    """``factory``'s config with mmseg's 512-wide UPerNet (the released mmseg K-Net files)."""
+    def build() -> Config:
+        cfg = factory()
+        cfg.name, cfg.model.head_channels = name, 512
+        return cfg
+
+    return build
+
+
+for _size, _crop in (("t", 512), ("l", 512), ("l", 640)):
+    _n = f"ade20k/knet_swin_{_size}_upernet_{_crop}_mmseg"
+    PRESETS[_n] = _mmseg_width(lambda sz=_size, c=_crop: _knet_semantic_swin(sz, c), _n)
 PRESETS["ade20k/knet_swin_t_upernet_512"] = lambda: _knet_semantic_swin("t", 512)
 PRESETS["ade20k/knet_swin_l_upernet_512"] = lambda: _knet_semantic_swin("l", 512)
 PRESETS["ade20k/knet_swin_l_upernet_640"] = lambda: _knet_semantic_swin("l", 640)
-# mmsegmentation's K-Net Swin configs (its released files): the same with the UPerNet head 512 wide.
-for _s, _c in (("t", 512), ("l", 512), ("l", 640)):
-    PRESETS[f"ade20k/knet_swin_{_s}_upernet_{_c}_mmseg"] = _named(
-        lambda s=_s, c=_c: dataclasses.replace(_knet_semantic_swin(s, c), model=dataclasses.replace(
-            _knet_semantic_swin(s, c).model, head_channels=512)), f"ade20k/knet_swin_{_s}_upernet_{_c}_mmseg")
 for _size in ("tiny", "small", "base", "large"):
     _bb = f"convnext_{_size}"
     _factories = {
