@@ -5,6 +5,10 @@ Supported files (read safely by :func:`~kmax_deeplab.checkpoints.safe_load.load_
 - torchvision ResNet-50 ``.pth``: ``conv1``/``bn1``/``layer{L}.{b}.conv{k}``/``bn{k}``/
   ``downsample.{0,1}`` -> ``stem.conv1``/``stem.conv1.norm``/``res{L+1}.{b}.conv{k}``/
   ``.conv{k}.norm``/``shortcut``/``shortcut.norm``; ``fc.*`` dropped.
+- mmcv / mmseg ResNetV1c (``open-mmlab://resnetv1c50``, ``resnet50_v1c-2cccc1ad.pth``, the
+  initialisation of mmseg's and K-Net's semantic configs): the deep stem ``stem.{0,3,6}`` convs
+  and ``stem.{1,4,7}`` BNs -> ``stem.conv{1,2,3}`` / ``.norm``, then torchvision's
+  ``layer{L}`` names as above; ``fc.*`` dropped.
 - detectron2 ``R-50.pkl`` (torchvision converted by detectron2's script): already
   ``stem.conv1``/``res2.0.conv1`` names, with ``.norm``; ``linear.*``/``fc.*`` dropped.
 - official FB ConvNeXt (``{"model": ...}``, e.g. 22k->1k 384): same names as ours; the final
@@ -48,14 +52,23 @@ __all__ = ["IMAGENET_TABLES", "detect_imagenet_format", "convert_imagenet", "loa
 
 _P = r"(?P<p>weight|bias|running_mean|running_var|num_batches_tracked)"
 
+_LAYERS = (
+    Row(r"layer(?P<l>[1-4])\.(?P<b>\d+)\.conv(?P<k>[123])\.weight", "res{l:+1}.{b}.conv{k}.weight"),
+    Row(rf"layer(?P<l>[1-4])\.(?P<b>\d+)\.bn(?P<k>[123])\.{_P}", "res{l:+1}.{b}.conv{k}.norm.{p}"),
+    Row(r"layer(?P<l>[1-4])\.(?P<b>\d+)\.downsample\.0\.weight", "res{l:+1}.{b}.shortcut.weight"),
+    Row(rf"layer(?P<l>[1-4])\.(?P<b>\d+)\.downsample\.1\.{_P}", "res{l:+1}.{b}.shortcut.norm.{p}"),
+)
+
 IMAGENET_TABLES: dict[str, tuple[tuple[Row, ...], tuple[str, ...]]] = {
+    "mmcv_resnet_v1c": ((
+        *(Row(rf"stem\.{3 * i}\.weight", f"stem.conv{i + 1}.weight") for i in range(3)),
+        *(Row(rf"stem\.{3 * i + 1}\.{_P}", f"stem.conv{i + 1}.norm.{{p}}") for i in range(3)),
+        *_LAYERS,
+    ), (r"fc\..*",)),
     "torchvision_resnet": ((
         Row(r"conv1\.weight", "stem.conv1.weight"),
         Row(rf"bn1\.{_P}", "stem.conv1.norm.{p}"),
-        Row(r"layer(?P<l>[1-4])\.(?P<b>\d+)\.conv(?P<k>[123])\.weight", "res{l:+1}.{b}.conv{k}.weight"),
-        Row(rf"layer(?P<l>[1-4])\.(?P<b>\d+)\.bn(?P<k>[123])\.{_P}", "res{l:+1}.{b}.conv{k}.norm.{p}"),
-        Row(r"layer(?P<l>[1-4])\.(?P<b>\d+)\.downsample\.0\.weight", "res{l:+1}.{b}.shortcut.weight"),
-        Row(rf"layer(?P<l>[1-4])\.(?P<b>\d+)\.downsample\.1\.{_P}", "res{l:+1}.{b}.shortcut.norm.{p}"),
+        *_LAYERS,
     ), (r"fc\..*",)),
     "detectron2_resnet": ((
         Row(r"(?P<r>stem\.conv1\..+)", "{r}"),
@@ -84,6 +97,8 @@ def detect_imagenet_format(names: list[str]) -> str:
         CheckpointMismatchError: none does (message lists a few keys).
     """
     s = set(names)
+    if "stem.0.weight" in s and any(n.startswith("layer1.") for n in s):
+        return "mmcv_resnet_v1c"
     if any(n.startswith("layer1.") for n in s):
         return "torchvision_resnet"
     if any(n.startswith(("stem.conv1.", "res2.")) for n in s):
@@ -93,7 +108,7 @@ def detect_imagenet_format(names: list[str]) -> str:
     if any(n.startswith("stem.0.") for n in s) and any(".blocks." in n for n in s):
         return "timm_convnext"
     raise CheckpointMismatchError(f"unrecognised ImageNet checkpoint layout (first keys: {sorted(s)[:8]}); "
-                                  f"supported: torchvision/detectron2 ResNet-50, FB/timm ConvNeXt, official Swin")
+                                  f"supported: torchvision/detectron2 ResNet-50, mmcv ResNetV1c, FB/timm ConvNeXt, official Swin")
 
 
 def convert_imagenet(state: Mapping[str, np.ndarray | torch.Tensor], target: torch.nn.Module | Mapping[str, object],

@@ -120,9 +120,10 @@ def no_decay_rule(keys: Sequence[str]):
 
 
 def import_imagenet(src, model, cfg: Any, strict: bool = True):
-    """ImageNet weights into ``model.backbone`` (the official Swin checkpoints the Swin configs start
-    from, e.g. ``swin_tiny_patch4_window7_224.pth``; see ``checkpoints/imagenet.py``); the rest keeps
-    its initialisation."""
+    """ImageNet weights into ``model.backbone`` (mmcv's ResNetV1c ``resnet50_v1c-2cccc1ad.pth`` that the
+    R-50-D8 configs start from, or the official Swin checkpoints of the Swin configs, e.g.
+    ``swin_tiny_patch4_window7_224.pth``; see ``checkpoints/imagenet.py``); the rest keeps its
+    initialisation. Train from it with ``kmax train --weights``."""
     from kmax_deeplab.checkpoints.imagenet import load_imagenet_backbone
 
     load_imagenet_backbone(src, model.backbone, strict=strict)
