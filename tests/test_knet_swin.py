@@ -283,3 +283,32 @@ def _meta_model_semantic(preset: str):
     cfg = get_preset(preset)
     with torch.device("meta"):
         return get_family(cfg.model.meta_architecture).build_model(cfg)
+
+
+MMSEG_CONFIGS = {"ade20k/knet_swin_t_upernet_512_mmseg": "knet_s3_upernet_swin-t_8x2_512x512_adamw_80k_ade20k",
+                 "ade20k/knet_swin_l_upernet_512_mmseg": "knet_s3_upernet_swin-l_8x2_512x512_adamw_80k_ade20k",
+                 "ade20k/knet_swin_l_upernet_640_mmseg": "knet_s3_upernet_swin-l_8x2_640x640_adamw_80k_ade20k"}
+
+
+@pytest.mark.parametrize("preset", sorted(MMSEG_CONFIGS))
+def test_mmseg_swin_zoo_presets_equal_mmseg_configs(preset):
+    """The presets of mmseg's released K-Net Swin files equal mmseg 0.30's own configs built on CPU: every
+    state-dict key and shape both ways (mmseg's Swin names are ours), parameter count, drop path, crop; each
+    has its zoo entry (mmseg's published mIoU)."""
+    from kmax_deeplab.checkpoints.mmseg import MMSEG_TO_OURS, _SWIN_DERIVED as SEM_DERIVED, ours_to_mmseg
+    from kmax_deeplab.checkpoints.zoo import ZOO
+
+    with gzip.open(PARITY_DIR / "mmseg_swin_layouts.json.gz", "rt") as f:
+        ref = json.load(f)[MMSEG_CONFIGS[preset]]
+    cfg = get_preset(preset)
+    model = _meta_model_semantic(preset)
+    assert _count(model) == ref["num_params"]
+    ours = target_shapes(model)
+    zeros = {k: np.broadcast_to(np.zeros((), np.float32), s) for k, s in ref["keys"].items()}
+    converted, _, unmatched = apply_rows(zeros, MMSEG_TO_OURS, ignored=SEM_DERIVED)
+    assert unmatched == [] and {k: v.shape for k, v in converted.items()} == ours
+    back = ours_to_mmseg({k: np.broadcast_to(np.zeros((), np.float32), s) for k, s in ours.items()})
+    assert {k: list(v.shape) for k, v in back.items()} == ref["keys"]
+    assert (cfg.model.backbone_drop_path, list(cfg.data.crop_size)) == (ref["drop_path_rate"], ref["crop_size"])
+    entry = next(e for e in ZOO.values() if e.source == "mmseg" and MMSEG_CONFIGS[preset] in e.url)
+    assert entry.preset == preset and entry.metric == "mIoU" and entry.backbone == cfg.model.backbone

@@ -16,7 +16,9 @@ What it does (nothing here runs at test time; the tests only read the fixture):
    ``REF_DIR/run_knet_swin_ref.py`` (the original panoptic K-Net on Swin-T dims, every stage, on a
    real photo) and ``REF_DIR/count_sem.py`` (the semantic K-Net + UPerNet Swin-T / Swin-L 640
    parameter counts and mmcv's no-decay parameter groups) and ``REF_DIR/run_sem_swin_ref.py``
-   (mmseg 0.30's own K-Net + UPerNet Swin-T config, the layout of mmseg's released Swin files);
+   (mmseg 0.30's own K-Net + UPerNet Swin-T config, the layout of mmseg's released Swin files) and
+   ``REF_DIR/mmseg_swin_layouts.py`` (state-dict names / shapes and parameter counts of mmseg's three
+   K-Net Swin configs: ``mmseg_swin_layouts.json.gz``);
 3. compares our outputs on the FULL stage tensors and prints the relative errors;
 4. stores ``tests/swin_test_utils.summarise`` of the reference outputs (``swin_t.npz``) and
    ``meta.json`` (reference commit, errors, parameter counts) and
@@ -189,6 +191,9 @@ def main() -> None:
         keys = json.load(open(tmp / "ref_keys.json"))
         knet_golden, knet_errors = knet_case(args, tmp)
         sem_golden, sem_errors = semantic_case(args, tmp)
+        subprocess.run([args.ref_python, str(args.ref_dir / "mmseg_swin_layouts.py"), str(tmp / "mmseg_swin.json")],
+                       check=True)
+        mmseg_layouts = json.load(open(tmp / "mmseg_swin.json"))
         large_errors = knet_case(args, tmp, "large")[1] if args.knet_large else None
         sem = subprocess.run([args.ref_python, str(args.ref_dir / "count_sem.py")], check=True, capture_output=True,
                              text=True).stdout
@@ -221,6 +226,9 @@ def main() -> None:
             "parameter_counts": counts}
     np.savez_compressed(args.out / "knet_swin_t.npz", **knet_golden)
     np.savez_compressed(args.out / "semantic_swin_t.npz", **sem_golden)
+    with open(args.out / "mmseg_swin_layouts.json.gz", "wb") as raw, \
+            gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
+        f.write(json.dumps(mmseg_layouts, indent=0, sort_keys=True).encode())
     with open(args.out / "knet_swin_l_panoptic_keys.json.gz", "wb") as raw, \
             gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:  # mtime 0: the same bytes on every run
         f.write(json.dumps(keys, indent=0, sort_keys=True).encode())

@@ -423,6 +423,7 @@ for _size, _crop in (("t", 512), ("l", 512), ("l", 640)):
     _n = f"ade20k/knet_swin_{_size}_upernet_{_crop}_mmseg"
     PRESETS[_n] = _mmseg_width(lambda sz=_size, c=_crop: _knet_semantic_swin(sz, c), _n)
 PRESETS["ade20k/knet_swin_t_upernet_512"] = lambda: _knet_semantic_swin("t", 512)
+PRESETS["ade20k/knet_swin_l_upernet_512"] = lambda: _knet_semantic_swin("l", 512)
 PRESETS["ade20k/knet_swin_l_upernet_640"] = lambda: _knet_semantic_swin("l", 640)
 for _size in ("tiny", "small", "base", "large"):
     _bb = f"convnext_{_size}"
