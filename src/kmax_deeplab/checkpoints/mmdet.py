@@ -185,14 +185,32 @@ def ours_to_mmdet(state: Mapping[str, np.ndarray | torch.Tensor]) -> dict[str, n
     Raises:
         CheckpointMismatchError: a key no row converts (not a K-Net state dict).
     """
+    return export_openmmlab(state, OURS_TO_MMDET, "mmdet")
+
+
+def export_openmmlab(state: Mapping[str, np.ndarray | torch.Tensor], rows, layout: str) -> dict[str, np.ndarray]:
+    """Rename our state dict by ``rows`` (an ``OURS_TO_*`` table) into an OpenMMLab (mmdet / mmseg)
+    layout, adding the ``backbone.…relative_position_index`` buffers a Swin ``WindowMSA`` stores.
+
+    Raises:
+        CheckpointMismatchError: a key no row converts (the message names ``layout``).
+    """
     from kmax_deeplab.checkpoints.swin import relative_position_index_entries
 
-    converted, _, unmatched = apply_rows(to_numpy(state), OURS_TO_MMDET)
+    converted, _, unmatched = apply_rows(to_numpy(state), rows)
     if unmatched:
-        raise CheckpointMismatchError(f"cannot export to the mmdet K-Net layout: {len(unmatched)} keys "
-                                      f"have no mmdet name: {unmatched[:20]}")
+        raise CheckpointMismatchError(f"cannot export to the {layout} K-Net layout: {len(unmatched)} keys "
+                                      f"have no {layout} name: {unmatched[:20]}")
     converted.update({k: v.numpy() for k, v in relative_position_index_entries(converted, "backbone.").items()})
     return converted
+
+
+def write_openmmlab_pth(state: Mapping[str, np.ndarray], path: str | Path, meta: Mapping[str, Any] | None) -> Path:
+    """Write an already-renamed state dict as an OpenMMLab ``.pth`` (``{"state_dict", "meta"}``), atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": {k: to_tensor(v) for k, v in state.items()}, "meta": dict(meta or {})}, tmp)
+    return path
 
 
 def load_mmdet_checkpoint(path: str | Path, target: torch.nn.Module | Mapping[str, object], *,
@@ -204,8 +222,4 @@ def load_mmdet_checkpoint(path: str | Path, target: torch.nn.Module | Mapping[st
 def save_mmdet(state: Mapping[str, np.ndarray | torch.Tensor], path: str | Path, *,
                meta: Mapping[str, Any] | None = None) -> Path:
     """Write our state dict as an original-layout K-Net ``.pth`` (``{"state_dict", "meta"}``), atomically."""
-    path = Path(path)
-    mm = ours_to_mmdet(state)
-    with atomic_path(path) as tmp:
-        torch.save({"state_dict": {k: to_tensor(v) for k, v in mm.items()}, "meta": dict(meta or {})}, tmp)
-    return path
+    return write_openmmlab_pth(ours_to_mmdet(state), path, meta)

@@ -41,16 +41,14 @@ import torch
 
 from kmax_deeplab.checkpoints.detectron2 import to_numpy
 from kmax_deeplab.checkpoints.safe_load import load_weights_file
-from kmax_deeplab.checkpoints.swin import OFFICIAL_TO_OURS, relative_position_index_entries
+from kmax_deeplab.checkpoints.swin import OFFICIAL_TO_OURS
 from kmax_deeplab.checkpoints.table import (
     CheckpointMismatchError,
     Row,
     apply_rows,
     check_against_target,
     target_shapes,
-    to_tensor,
 )
-from kmax_deeplab.fileio import atomic_path
 
 __all__ = ["MMSEG_TO_OURS", "OURS_TO_MMSEG", "decode_head_kind", "load_mmseg_checkpoint", "mmseg_to_ours",
            "ours_to_mmseg", "save_mmseg"]
@@ -191,12 +189,9 @@ def ours_to_mmseg(state: Mapping[str, np.ndarray | torch.Tensor]) -> dict[str, n
     Raises:
         CheckpointMismatchError: a key no row converts (not a semantic K-Net state dict).
     """
-    converted, _, unmatched = apply_rows(to_numpy(state), OURS_TO_MMSEG)
-    if unmatched:
-        raise CheckpointMismatchError(f"cannot export to the mmseg K-Net layout: {len(unmatched)} keys "
-                                      f"have no mmseg name: {unmatched[:20]}")
-    converted.update({k: v.numpy() for k, v in relative_position_index_entries(converted, "backbone.").items()})
-    return converted
+    from kmax_deeplab.checkpoints.mmdet import export_openmmlab
+
+    return export_openmmlab(state, OURS_TO_MMSEG, "mmseg")
 
 
 def load_mmseg_checkpoint(path: str | Path, target: torch.nn.Module | Mapping[str, object], *,
@@ -208,8 +203,6 @@ def load_mmseg_checkpoint(path: str | Path, target: torch.nn.Module | Mapping[st
 def save_mmseg(state: Mapping[str, np.ndarray | torch.Tensor], path: str | Path, *,
                meta: Mapping[str, Any] | None = None) -> Path:
     """Write our state dict as an original-layout semantic K-Net ``.pth`` (``{"state_dict", "meta"}``), atomically."""
-    path = Path(path)
-    mm = ours_to_mmseg(state)
-    with atomic_path(path) as tmp:
-        torch.save({"state_dict": {k: to_tensor(v) for k, v in mm.items()}, "meta": dict(meta or {})}, tmp)
-    return path
+    from kmax_deeplab.checkpoints.mmdet import write_openmmlab_pth
+
+    return write_openmmlab_pth(ours_to_mmseg(state), path, meta)
