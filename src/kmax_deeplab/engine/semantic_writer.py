@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from kmax_deeplab.engine.writers import _encode, image_id_for
+from kmax_deeplab.engine.writers import UniqueStems, _encode, image_id_for
 from kmax_deeplab.fileio import atomic_write_bytes
 
 __all__ = ["LABEL_IDS", "SemanticPredictionWriter", "dataset_label_ids", "label_palette", "write_label_png"]
@@ -91,7 +91,7 @@ def semantic_overlay(image: np.ndarray, train_ids: np.ndarray, categories: Seque
     return draw_overlay(image, segments_map, segments, categories)
 
 
-class SemanticPredictionWriter:
+class SemanticPredictionWriter(UniqueStems):
     """Writes ``<stem>.png`` (label PNG), ``<stem>_overlay.jpg`` and keeps the JSON entries of
     a ``kmax predict --task semantic`` folder run (the journal rebuilds ``predictions.json``:
     ``images``; ``annotations`` with ``image_id``, ``file_name`` of the PNG, ``label_ids``
@@ -120,17 +120,6 @@ class SemanticPredictionWriter:
         self.images: list[dict[str, Any]] = []
         self.annotations: list[dict[str, Any]] = []
         self._stems: set[str] = set()
-
-    def reserve_stems(self, stems) -> None:
-        """Mark ``stems`` as taken (files of a resumed run)."""
-        self._stems.update(str(s) for s in stems)
-
-    def _unique_stem(self, stem: str) -> str:
-        candidate, k = stem, 1
-        while candidate in self._stems:
-            candidate, k = f"{stem}_{k}", k + 1
-        self._stems.add(candidate)
-        return candidate
 
     def add(self, source: str | Path, image: np.ndarray, prediction: dict) -> str:
         """Write one image's files and remember its JSON entries.

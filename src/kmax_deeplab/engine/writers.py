@@ -46,7 +46,25 @@ def image_id_for(stem: str) -> int | str:
     return int(stem) if stem.isdigit() else stem
 
 
-class PredictionWriter:
+class UniqueStems:
+    """Output-file stems of one prediction run: an input's stem, or ``stem_1``, ``stem_2`` ... when
+    two inputs share one (used by every prediction writer; needs ``self._stems``, a set)."""
+
+    _stems: set[str]
+
+    def reserve_stems(self, stems) -> None:
+        """Mark ``stems`` as taken (files of a resumed run), so new images get other names."""
+        self._stems.update(str(s) for s in stems)
+
+    def _unique_stem(self, stem: str) -> str:
+        candidate, k = stem, 1
+        while candidate in self._stems:
+            candidate, k = f"{stem}_{k}", k + 1
+        self._stems.add(candidate)
+        return candidate
+
+
+class PredictionWriter(UniqueStems):
     """Accumulates predictions of a folder run and writes PNGs, overlays and one JSON.
 
     Args:
@@ -78,17 +96,6 @@ class PredictionWriter:
         self.images: list[dict[str, Any]] = []
         self.annotations: list[dict[str, Any]] = []
         self._stems: set[str] = set()
-
-    def reserve_stems(self, stems) -> None:
-        """Mark ``stems`` as taken (files of a resumed run), so new images get other names."""
-        self._stems.update(str(s) for s in stems)
-
-    def _unique_stem(self, stem: str) -> str:
-        candidate, k = stem, 1
-        while candidate in self._stems:
-            candidate, k = f"{stem}_{k}", k + 1
-        self._stems.add(candidate)
-        return candidate
 
     def add(self, source: str | Path, image: np.ndarray, prediction: dict) -> str:
         """Write the files of one image and remember its JSON entries.
