@@ -200,7 +200,7 @@ _ENTRIES += [
                 backbone="swin-t"),
     _mmseg_knet("upernet", "20220303_154559-d8da9a90", 52.05, 52.0, preset="ade20k/knet_swin_l_upernet_512_mmseg",
                 backbone="swin-l"),
-    _mmseg_knet("upernet", "20220301_220747-8787fc71", 52.21, 52.7, preset="ade20k/knet_swin_l_upernet_640_mmseg",
+    _mmseg_knet("upernet", "20220720_165636-cbcaed32", 52.46, 52.7, preset="ade20k/knet_swin_l_upernet_640_mmseg",
                 backbone="swin-l", crop=640),
 ]
 
