@@ -89,3 +89,17 @@ def test_transform_augments_the_image_and_keeps_the_ids():
         np.testing.assert_array_equal(a["panoptic"], b["panoptic"])  # same geometry, labels untouched
         differ += int(not np.array_equal(a["image"], b["image"]))
     assert 0 < differ < 20  # P(some operation) = 0.424 per image
+
+
+def test_small_instance_weight_outside_max_is_refused_in_one_line():
+    """Only MaX's criterion reads ``semantic_weight``: a kMaX or K-Net config setting it would
+    silently train without it, so validation refuses it naming the option."""
+    from kmax_deeplab.config import apply_overrides, get_preset
+    from kmax_deeplab.config.validate import validate_config
+    from kmax_deeplab.errors import ConfigError
+
+    for preset in ("synthetic/kmax_tiny", "synthetic/knet_tiny"):
+        cfg = apply_overrides(get_preset(preset), ["data.small_instance_weight=3.0"])
+        with pytest.raises(ConfigError, match=r"data.small_instance_weight=3.0: only MaX-DeepLab"):
+            validate_config(cfg)
+    validate_config(apply_overrides(get_preset("synthetic/max_deeplab_tiny"), ["data.small_instance_weight=3.0"]))

@@ -129,6 +129,11 @@ def validate_config(cfg: Any) -> Any:
         if hasattr(data, "small_instance_weight"):
             _in_range(data.small_instance_weight, "data.small_instance_weight", 0.0, lo_open=True)
             _positive_ints(data.small_instance_threshold, "data.small_instance_threshold", 0)
+            arch = getattr(getattr(cfg, "model", None), "meta_architecture", "max_deeplab")
+            if data.small_instance_weight != 1.0 and arch != "max_deeplab":
+                raise ConfigError(f"data.small_instance_weight={data.small_instance_weight}: only MaX-DeepLab's "
+                                  f"semantic loss reads it (model.meta_architecture {arch!r} would ignore it); "
+                                  "leave it at 1.0")
     solver = getattr(cfg, "solver", None)
     if solver is not None:
         _one_of(solver.amp, "solver.amp", AMP)
