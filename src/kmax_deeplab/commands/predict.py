@@ -273,15 +273,15 @@ def run(args: argparse.Namespace) -> int:
     model_task = task_of(predictor.cfg)
     arch = predictor.cfg.model.meta_architecture
     if args.task == "semantic" and model_task != "semantic":
-        print(f"kmax predict: --task semantic needs a semantic model (model.task 'semantic', e.g. "
+        print(f"kmax predict: error: --task semantic needs a semantic model (model.task 'semantic', e.g. "
               f"ade20k/knet_r50_d8_upernet_512); this {arch!r} model is {model_task!r}", file=sys.stderr)
         return 2
     if model_task == "semantic" and args.task != "semantic":
-        print(f"kmax predict: this {arch!r} model is a semantic model (model.task 'semantic'): "
+        print(f"kmax predict: error: this {arch!r} model is a semantic model (model.task 'semantic'): "
               "use --task semantic", file=sys.stderr)
         return 2
     if args.task == "instance" and getattr(predictor.cfg.model, "task", "panoptic") != "instance":
-        print(f"kmax predict: --task instance needs an instance model (model.task 'instance', e.g. "
+        print(f"kmax predict: error: --task instance needs an instance model (model.task 'instance', e.g. "
               f"coco/knet_r50_fpn_1x_instance); this {predictor.cfg.model.meta_architecture!r} model is "
               f"{getattr(predictor.cfg.model, 'task', 'panoptic')!r}", file=sys.stderr)
         return 2
