@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from kmax_deeplab.checkpoints.detectron2 import to_numpy
+from kmax_deeplab.checkpoints.openmmlab import BN_PARAM, resnet_rows
 from kmax_deeplab.checkpoints.safe_load import load_weights_file
 from kmax_deeplab.checkpoints.table import (
     CheckpointMismatchError,
@@ -50,14 +51,9 @@ from kmax_deeplab.checkpoints.table import (
 
 __all__ = ["IMAGENET_TABLES", "detect_imagenet_format", "convert_imagenet", "load_imagenet_backbone"]
 
-_P = r"(?P<p>weight|bias|running_mean|running_var|num_batches_tracked)"
+_P = BN_PARAM
 
-_LAYERS = (
-    Row(r"layer(?P<l>[1-4])\.(?P<b>\d+)\.conv(?P<k>[123])\.weight", "res{l:+1}.{b}.conv{k}.weight"),
-    Row(rf"layer(?P<l>[1-4])\.(?P<b>\d+)\.bn(?P<k>[123])\.{_P}", "res{l:+1}.{b}.conv{k}.norm.{p}"),
-    Row(r"layer(?P<l>[1-4])\.(?P<b>\d+)\.downsample\.0\.weight", "res{l:+1}.{b}.shortcut.weight"),
-    Row(rf"layer(?P<l>[1-4])\.(?P<b>\d+)\.downsample\.1\.{_P}", "res{l:+1}.{b}.shortcut.norm.{p}"),
-)
+_LAYERS = resnet_rows(stage="[1-4]", conv="[123]")
 
 IMAGENET_TABLES: dict[str, tuple[tuple[Row, ...], tuple[str, ...]]] = {
     "mmcv_resnet_v1c": ((

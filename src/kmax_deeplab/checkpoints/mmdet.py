@@ -36,6 +36,15 @@ import numpy as np
 import torch
 
 from kmax_deeplab.checkpoints.detectron2 import to_numpy
+from kmax_deeplab.checkpoints.openmmlab import (
+    BN_PARAM,
+    export_openmmlab,
+    kernel_update_rows,
+    kernel_update_rows_inverse,
+    resnet_rows,
+    resnet_rows_inverse,
+    write_openmmlab_pth,
+)
 from kmax_deeplab.checkpoints.safe_load import load_weights_file
 from kmax_deeplab.checkpoints.table import (
     CheckpointMismatchError,
@@ -43,16 +52,15 @@ from kmax_deeplab.checkpoints.table import (
     apply_rows,
     check_against_target,
     target_shapes,
-    to_tensor,
 )
-from kmax_deeplab.fileio import atomic_path
 
 __all__ = ["MMDET_TO_OURS", "OURS_TO_MMDET", "load_mmdet_checkpoint", "mmdet_to_ours", "ours_to_mmdet",
            "save_mmdet"]
 
-_BN = r"(?P<p>weight|bias|running_mean|running_var|num_batches_tracked)"
+_BN = BN_PARAM
 _LFPN = "rpn_head.localization_fpn"
-_STAGE = r"roi_head\.mask_head\.(?P<i>\d+)"
+#: Update-stage entries kept under their own names (norms, FCs).
+_STAGE_OTHER = r"(?:attention_norm|ffn_norm|cls_fcs|fc_cls|mask_fcs|fc_mask)\..+"
 #: Swin backbone entries (mmdet ``SwinTransformer`` names, the same as ours).
 _SWIN = r"backbone\.(?P<r>(?:patch_embed|stages)\..+|norm[0-3]\.(?:weight|bias))"
 #: mmdet stores Swin's relative_position_index buffers; ours derives them.
@@ -62,11 +70,7 @@ _SWIN_DERIVED = (r"backbone\.stages\.\d+\.blocks\.\d+\.attn\.w_msa\.relative_pos
 MMDET_TO_OURS = (
     Row(r"backbone\.conv1\.weight", "backbone.stem.conv1.weight"),
     Row(rf"backbone\.bn1\.{_BN}", "backbone.stem.conv1.norm.{p}"),
-    Row(r"backbone\.layer(?P<s>\d)\.(?P<b>\d+)\.conv(?P<k>\d)\.weight", "backbone.res{s:+1}.{b}.conv{k}.weight"),
-    Row(rf"backbone\.layer(?P<s>\d)\.(?P<b>\d+)\.bn(?P<k>\d)\.{_BN}", "backbone.res{s:+1}.{b}.conv{k}.norm.{p}"),
-    Row(r"backbone\.layer(?P<s>\d)\.(?P<b>\d+)\.downsample\.0\.weight", "backbone.res{s:+1}.{b}.shortcut.weight"),
-    Row(rf"backbone\.layer(?P<s>\d)\.(?P<b>\d+)\.downsample\.1\.{_BN}",
-        "backbone.res{s:+1}.{b}.shortcut.norm.{p}"),
+    *resnet_rows("backbone."),
     Row(r"backbone\.layer(?P<s>\d)\.(?P<b>\d+)\.conv2\.conv_offset\.(?P<p>weight|bias)",
         "backbone.res{s:+1}.{b}.conv2.conv_offset.{p}"),
     Row(_SWIN, "backbone.{r}"),
@@ -83,23 +87,14 @@ MMDET_TO_OURS = (
     Row(r"rpn_head\.(?P<m>loc|seg)_convs\.0\.conv\.weight", "kernel_head.{m}_conv.conv.weight"),
     Row(r"rpn_head\.(?P<m>loc|seg)_convs\.0\.gn\.(?P<p>weight|bias)", "kernel_head.{m}_conv.norm.{p}"),
     Row(r"rpn_head\.(?P<r>init_kernels\.weight|conv_seg\.weight|conv_seg\.bias)", "kernel_head.{r}"),
-    Row(rf"{_STAGE}\.attention\.attn\.(?P<r>.+)", "stages.{i}.attention.{r}"),
-    Row(rf"{_STAGE}\.kernel_update_conv\.(?P<r>.+)", "stages.{i}.updator.{r}"),
-    Row(rf"{_STAGE}\.feat_transform\.conv\.(?P<p>weight|bias)", "stages.{i}.feat_transform.{p}"),
-    Row(rf"{_STAGE}\.ffn\.layers\.0\.0\.(?P<p>weight|bias)", "stages.{i}.ffn.fc1.{p}"),
-    Row(rf"{_STAGE}\.ffn\.layers\.1\.(?P<p>weight|bias)", "stages.{i}.ffn.fc2.{p}"),
-    Row(rf"{_STAGE}\.(?P<r>(?:attention_norm|ffn_norm|cls_fcs|fc_cls|mask_fcs|fc_mask)\..+)", "stages.{i}.{r}"),
+    *kernel_update_rows("roi_head.mask_head", _STAGE_OTHER),
 )
 
 #: ours -> mmdet: the inverse of :data:`MMDET_TO_OURS`.
 OURS_TO_MMDET = (
     Row(r"backbone\.stem\.conv1\.weight", "backbone.conv1.weight"),
     Row(rf"backbone\.stem\.conv1\.norm\.{_BN}", "backbone.bn1.{p}"),
-    Row(r"backbone\.res(?P<s>\d)\.(?P<b>\d+)\.conv(?P<k>\d)\.weight", "backbone.layer{s:-1}.{b}.conv{k}.weight"),
-    Row(rf"backbone\.res(?P<s>\d)\.(?P<b>\d+)\.conv(?P<k>\d)\.norm\.{_BN}", "backbone.layer{s:-1}.{b}.bn{k}.{p}"),
-    Row(r"backbone\.res(?P<s>\d)\.(?P<b>\d+)\.shortcut\.weight", "backbone.layer{s:-1}.{b}.downsample.0.weight"),
-    Row(rf"backbone\.res(?P<s>\d)\.(?P<b>\d+)\.shortcut\.norm\.{_BN}",
-        "backbone.layer{s:-1}.{b}.downsample.1.{p}"),
+    *resnet_rows_inverse("backbone."),
     Row(r"backbone\.res(?P<s>\d)\.(?P<b>\d+)\.conv2\.conv_offset\.(?P<p>weight|bias)",
         "backbone.layer{s:-1}.{b}.conv2.conv_offset.{p}"),
     Row(_SWIN, "backbone.{r}"),
@@ -116,14 +111,7 @@ OURS_TO_MMDET = (
     Row(r"kernel_head\.(?P<m>loc|seg)_conv\.conv\.weight", "rpn_head.{m}_convs.0.conv.weight"),
     Row(r"kernel_head\.(?P<m>loc|seg)_conv\.norm\.(?P<p>weight|bias)", "rpn_head.{m}_convs.0.gn.{p}"),
     Row(r"kernel_head\.(?P<r>init_kernels\.weight|conv_seg\.weight|conv_seg\.bias)", "rpn_head.{r}"),
-    Row(r"stages\.(?P<i>\d+)\.attention\.(?P<r>in_proj_weight|in_proj_bias|out_proj\.weight|out_proj\.bias)",
-        "roi_head.mask_head.{i}.attention.attn.{r}"),
-    Row(r"stages\.(?P<i>\d+)\.updator\.(?P<r>.+)", "roi_head.mask_head.{i}.kernel_update_conv.{r}"),
-    Row(r"stages\.(?P<i>\d+)\.feat_transform\.(?P<p>weight|bias)", "roi_head.mask_head.{i}.feat_transform.conv.{p}"),
-    Row(r"stages\.(?P<i>\d+)\.ffn\.fc1\.(?P<p>weight|bias)", "roi_head.mask_head.{i}.ffn.layers.0.0.{p}"),
-    Row(r"stages\.(?P<i>\d+)\.ffn\.fc2\.(?P<p>weight|bias)", "roi_head.mask_head.{i}.ffn.layers.1.{p}"),
-    Row(r"stages\.(?P<i>\d+)\.(?P<r>(?:attention_norm|ffn_norm|cls_fcs|fc_cls|mask_fcs|fc_mask)\..+)",
-        "roi_head.mask_head.{i}.{r}"),
+    *kernel_update_rows_inverse("roi_head.mask_head", _STAGE_OTHER),
 )
 
 
@@ -186,31 +174,6 @@ def ours_to_mmdet(state: Mapping[str, np.ndarray | torch.Tensor]) -> dict[str, n
         CheckpointMismatchError: a key no row converts (not a K-Net state dict).
     """
     return export_openmmlab(state, OURS_TO_MMDET, "mmdet")
-
-
-def export_openmmlab(state: Mapping[str, np.ndarray | torch.Tensor], rows, layout: str) -> dict[str, np.ndarray]:
-    """Rename our state dict by ``rows`` (an ``OURS_TO_*`` table) into an OpenMMLab (mmdet / mmseg)
-    layout, adding the ``backbone.…relative_position_index`` buffers a Swin ``WindowMSA`` stores.
-
-    Raises:
-        CheckpointMismatchError: a key no row converts (the message names ``layout``).
-    """
-    from kmax_deeplab.checkpoints.swin import relative_position_index_entries
-
-    converted, _, unmatched = apply_rows(to_numpy(state), rows)
-    if unmatched:
-        raise CheckpointMismatchError(f"cannot export to the {layout} K-Net layout: {len(unmatched)} keys "
-                                      f"have no {layout} name: {unmatched[:20]}")
-    converted.update({k: v.numpy() for k, v in relative_position_index_entries(converted, "backbone.").items()})
-    return converted
-
-
-def write_openmmlab_pth(state: Mapping[str, np.ndarray], path: str | Path, meta: Mapping[str, Any] | None) -> Path:
-    """Write an already-renamed state dict as an OpenMMLab ``.pth`` (``{"state_dict", "meta"}``), atomically."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save({"state_dict": {k: to_tensor(v) for k, v in state.items()}, "meta": dict(meta or {})}, tmp)
-    return path
 
 
 def load_mmdet_checkpoint(path: str | Path, target: torch.nn.Module | Mapping[str, object], *,

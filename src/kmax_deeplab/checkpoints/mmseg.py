@@ -40,6 +40,15 @@ import numpy as np
 import torch
 
 from kmax_deeplab.checkpoints.detectron2 import to_numpy
+from kmax_deeplab.checkpoints.openmmlab import (
+    BN_PARAM,
+    export_openmmlab,
+    kernel_update_rows,
+    kernel_update_rows_inverse,
+    resnet_rows,
+    resnet_rows_inverse,
+    write_openmmlab_pth,
+)
 from kmax_deeplab.checkpoints.safe_load import load_weights_file
 from kmax_deeplab.checkpoints.swin import OFFICIAL_TO_OURS
 from kmax_deeplab.checkpoints.table import (
@@ -53,10 +62,9 @@ from kmax_deeplab.checkpoints.table import (
 __all__ = ["MMSEG_TO_OURS", "OURS_TO_MMSEG", "decode_head_kind", "load_mmseg_checkpoint", "mmseg_to_ours",
            "ours_to_mmseg", "save_mmseg"]
 
-_BN = r"(?P<p>weight|bias|running_mean|running_var|num_batches_tracked)"
+_BN = BN_PARAM
 _GEN = "decode_head.kernel_generate_head"
 _UPD = "decode_head.kernel_update_head"
-_STAGE = r"decode_head\.kernel_update_head\.(?P<i>\d+)"
 _STAGE_OTHER = r"(?:attention_norm|ffn_norm|mask_fcs|fc_mask)\..+"
 #: Swin backbone entries in mmseg 0.30's names (= ours).
 _SWIN = r"backbone\.(?P<r>(?:patch_embed|stages)\..+|norm[0-3]\.(?:weight|bias))"
@@ -74,20 +82,11 @@ MMSEG_TO_OURS = (
     Row(rf"backbone\.stem\.1\.{_BN}", "backbone.stem.conv1.norm.{p}"),
     Row(rf"backbone\.stem\.4\.{_BN}", "backbone.stem.conv2.norm.{p}"),
     Row(rf"backbone\.stem\.7\.{_BN}", "backbone.stem.conv3.norm.{p}"),
-    Row(r"backbone\.layer(?P<s>\d)\.(?P<b>\d+)\.conv(?P<k>\d)\.weight", "backbone.res{s:+1}.{b}.conv{k}.weight"),
-    Row(rf"backbone\.layer(?P<s>\d)\.(?P<b>\d+)\.bn(?P<k>\d)\.{_BN}", "backbone.res{s:+1}.{b}.conv{k}.norm.{p}"),
-    Row(r"backbone\.layer(?P<s>\d)\.(?P<b>\d+)\.downsample\.0\.weight", "backbone.res{s:+1}.{b}.shortcut.weight"),
-    Row(rf"backbone\.layer(?P<s>\d)\.(?P<b>\d+)\.downsample\.1\.{_BN}",
-        "backbone.res{s:+1}.{b}.shortcut.norm.{p}"),
+    *resnet_rows("backbone."),
     *_OFFICIAL_SWIN,
     Row(_SWIN, "backbone.{r}"),
     Row(rf"decode_head\.kernel_generate_head\.(?P<r>.+)", "decode_head.{r}"),
-    Row(rf"{_STAGE}\.attention\.attn\.(?P<r>.+)", "stages.{i}.attention.{r}"),
-    Row(rf"{_STAGE}\.kernel_update_conv\.(?P<r>.+)", "stages.{i}.updator.{r}"),
-    Row(rf"{_STAGE}\.feat_transform\.conv\.(?P<p>weight|bias)", "stages.{i}.feat_transform.{p}"),
-    Row(rf"{_STAGE}\.ffn\.layers\.0\.0\.(?P<p>weight|bias)", "stages.{i}.ffn.fc1.{p}"),
-    Row(rf"{_STAGE}\.ffn\.layers\.1\.(?P<p>weight|bias)", "stages.{i}.ffn.fc2.{p}"),
-    Row(rf"{_STAGE}\.(?P<r>{_STAGE_OTHER})", "stages.{i}.{r}"),
+    *kernel_update_rows(_UPD, _STAGE_OTHER),
     Row(r"auxiliary_head\.(?P<r>.+)", "auxiliary_head.{r}"),
 )
 
@@ -99,20 +98,10 @@ OURS_TO_MMSEG = (
     Row(rf"backbone\.stem\.conv1\.norm\.{_BN}", "backbone.stem.1.{p}"),
     Row(rf"backbone\.stem\.conv2\.norm\.{_BN}", "backbone.stem.4.{p}"),
     Row(rf"backbone\.stem\.conv3\.norm\.{_BN}", "backbone.stem.7.{p}"),
-    Row(r"backbone\.res(?P<s>\d)\.(?P<b>\d+)\.conv(?P<k>\d)\.weight", "backbone.layer{s:-1}.{b}.conv{k}.weight"),
-    Row(rf"backbone\.res(?P<s>\d)\.(?P<b>\d+)\.conv(?P<k>\d)\.norm\.{_BN}", "backbone.layer{s:-1}.{b}.bn{k}.{p}"),
-    Row(r"backbone\.res(?P<s>\d)\.(?P<b>\d+)\.shortcut\.weight", "backbone.layer{s:-1}.{b}.downsample.0.weight"),
-    Row(rf"backbone\.res(?P<s>\d)\.(?P<b>\d+)\.shortcut\.norm\.{_BN}",
-        "backbone.layer{s:-1}.{b}.downsample.1.{p}"),
+    *resnet_rows_inverse("backbone."),
     Row(_SWIN, "backbone.{r}"),
     Row(r"decode_head\.(?P<r>.+)", _GEN + ".{r}"),
-    Row(r"stages\.(?P<i>\d+)\.attention\.(?P<r>in_proj_weight|in_proj_bias|out_proj\.weight|out_proj\.bias)",
-        _UPD + ".{i}.attention.attn.{r}"),
-    Row(r"stages\.(?P<i>\d+)\.updator\.(?P<r>.+)", _UPD + ".{i}.kernel_update_conv.{r}"),
-    Row(r"stages\.(?P<i>\d+)\.feat_transform\.(?P<p>weight|bias)", _UPD + ".{i}.feat_transform.conv.{p}"),
-    Row(r"stages\.(?P<i>\d+)\.ffn\.fc1\.(?P<p>weight|bias)", _UPD + ".{i}.ffn.layers.0.0.{p}"),
-    Row(r"stages\.(?P<i>\d+)\.ffn\.fc2\.(?P<p>weight|bias)", _UPD + ".{i}.ffn.layers.1.{p}"),
-    Row(rf"stages\.(?P<i>\d+)\.(?P<r>{_STAGE_OTHER})", _UPD + ".{i}.{r}"),
+    *kernel_update_rows_inverse(_UPD, _STAGE_OTHER),
     Row(r"auxiliary_head\.(?P<r>.+)", "auxiliary_head.{r}"),
 )
 
@@ -189,8 +178,6 @@ def ours_to_mmseg(state: Mapping[str, np.ndarray | torch.Tensor]) -> dict[str, n
     Raises:
         CheckpointMismatchError: a key no row converts (not a semantic K-Net state dict).
     """
-    from kmax_deeplab.checkpoints.mmdet import export_openmmlab
-
     return export_openmmlab(state, OURS_TO_MMSEG, "mmseg")
 
 
@@ -203,6 +190,4 @@ def load_mmseg_checkpoint(path: str | Path, target: torch.nn.Module | Mapping[st
 def save_mmseg(state: Mapping[str, np.ndarray | torch.Tensor], path: str | Path, *,
                meta: Mapping[str, Any] | None = None) -> Path:
     """Write our state dict as an original-layout semantic K-Net ``.pth`` (``{"state_dict", "meta"}``), atomically."""
-    from kmax_deeplab.checkpoints.mmdet import write_openmmlab_pth
-
     return write_openmmlab_pth(ours_to_mmseg(state), path, meta)
