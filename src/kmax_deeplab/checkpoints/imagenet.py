@@ -49,7 +49,8 @@ from kmax_deeplab.checkpoints.table import (
     target_shapes,
 )
 
-__all__ = ["IMAGENET_TABLES", "detect_imagenet_format", "convert_imagenet", "load_imagenet_backbone"]
+__all__ = ["IMAGENET_TABLES", "detect_imagenet_format", "convert_imagenet", "import_imagenet_backbone",
+           "load_imagenet_backbone"]
 
 _P = BN_PARAM
 
@@ -163,3 +164,20 @@ def load_imagenet_backbone(path: str | Path, backbone: torch.nn.Module, *, stric
     if strict and (unexpected or any(not _is_new_layer(k) for k in missing)):  # convert_imagenet checked it
         raise CheckpointMismatchError(f"{path}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return sd
+
+
+def import_imagenet_backbone(src: str | Path, model: torch.nn.Module, cfg: object = None,
+                             strict: bool = True) -> dict[str, torch.Tensor]:
+    """The ``imagenet`` importer of the families whose ``model.backbone`` takes one of the files
+    above (kMaX, K-Net, the semantic K-Net): :func:`load_imagenet_backbone` into
+    ``model.backbone``; the rest of ``model`` keeps its initialisation (train from the written
+    folder with ``kmax train --weights``).
+
+    Returns:
+        ``model``'s full state dict.
+
+    Raises:
+        CheckpointMismatchError: the file does not fit the backbone.
+    """
+    load_imagenet_backbone(src, model.backbone, strict=strict)
+    return model.state_dict()

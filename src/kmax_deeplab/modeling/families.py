@@ -24,6 +24,13 @@ from kmax_deeplab.modeling.knet.family import KNET
 from kmax_deeplab.modeling.knet_semantic.family import KNET_SEMANTIC
 
 
+def default_scheduler(optimizer: Any, cfg: Any) -> Any:
+    """:func:`kmax_deeplab.solver.build_scheduler` of ``cfg.solver`` (every family's schedule today)."""
+    from kmax_deeplab.solver import build_scheduler
+
+    return build_scheduler(optimizer, cfg.solver)
+
+
 @dataclass(frozen=True)
 class Family:
     """One model family: how to build, train, run and import each part of it.
@@ -53,7 +60,8 @@ class Family:
             normalisation of images, read by the predictor, transforms and collate.
         build_optimizer: ``(model, cfg) -> torch.optim.Optimizer`` (with the family's
             parameter groups).
-        build_scheduler: ``(optimizer, cfg) -> LR scheduler`` stepped once per update.
+        build_scheduler: ``(optimizer, cfg) -> LR scheduler`` stepped once per update (default:
+            :func:`kmax_deeplab.solver.build_scheduler` of ``cfg.solver``: warmup + poly or step).
         importers: checkpoint source (``kmax convert --from``) -> ``(src, model, cfg, strict)
             -> state_dict`` of our names (strict: every foreign tensor used, every model
             entry produced).
@@ -81,7 +89,7 @@ class Family:
     postprocess: Callable[..., dict]
     input_geometry: Callable[[Any], Any]
     build_optimizer: Callable[[nn.Module, Any], Any]
-    build_scheduler: Callable[[Any, Any], Any]
+    build_scheduler: Callable[[Any, Any], Any] = default_scheduler
     importers: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
     check_config: Callable[[Any], None] = lambda cfg: None
     inference_keys: tuple[str, ...] = ("pred_logits", "pred_masks")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+from kmax_deeplab.checkpoints.imagenet import import_imagenet_backbone
 from kmax_deeplab.modeling.kmax.config import KMaXLossConfig, KMaXModelConfig, KMaXPostProcessConfig
 
 # The output contract of kMaX: [N, C+1] logits with void last, masks competing per pixel.
@@ -115,12 +116,6 @@ def build_optimizer(model, cfg: Any):
     return build(model, cfg.solver)
 
 
-def build_scheduler(optimizer, cfg: Any):
-    """Warmup + poly (:func:`kmax_deeplab.solver.build_scheduler`)."""
-    from kmax_deeplab.solver import build_scheduler as build
-
-    return build(optimizer, cfg.solver)
-
 
 def import_deeplab2(src, model, cfg: Any, strict: bool = True):
     """deeplab2 TF checkpoint (prefix, ``.index`` or archive folder) -> our state dict."""
@@ -137,13 +132,6 @@ def import_detectron2(src, model, cfg: Any, strict: bool = True):
     return load_detectron2_checkpoint(src, model, strict=strict)
 
 
-def import_imagenet(src, model, cfg: Any, strict: bool = True):
-    """ImageNet backbone weights into ``model.backbone``; the rest keeps its initialisation."""
-    from kmax_deeplab.checkpoints.imagenet import load_imagenet_backbone
-
-    load_imagenet_backbone(src, model.backbone, strict=strict)
-    return model.state_dict()
-
 
 #: The keyword arguments of kMaX's ``Family`` row.
 KMAX = dict(
@@ -155,8 +143,7 @@ KMAX = dict(
     postprocess=postprocess,
     input_geometry=input_geometry,
     build_optimizer=build_optimizer,
-    build_scheduler=build_scheduler,
-    importers={"deeplab2": import_deeplab2, "detectron2": import_detectron2, "imagenet": import_imagenet},
+    importers={"deeplab2": import_deeplab2, "detectron2": import_detectron2, "imagenet": import_imagenet_backbone},
     check_config=check_config,
     inference_keys=("pred_logits", "pred_masks"),
     class_activation=CLASS_ACTIVATION,

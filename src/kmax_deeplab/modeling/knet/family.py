@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+from kmax_deeplab.checkpoints.imagenet import import_imagenet_backbone
 from kmax_deeplab.modeling.knet.config import TASKS, KNetLossConfig, KNetModelConfig, KNetPostProcessConfig
 
 
@@ -117,12 +118,6 @@ def build_optimizer(model, cfg: Any):
     return cls(groups, lr=s.base_lr, betas=tuple(s.betas), eps=s.eps, weight_decay=s.weight_decay)
 
 
-def build_scheduler(optimizer, cfg: Any):
-    """The shared scheduler of ``cfg.solver`` (K-Net presets: ``warmup_step``)."""
-    from kmax_deeplab.solver import build_scheduler as build
-
-    return build(optimizer, cfg.solver)
-
 
 def import_mmdet(src, model, cfg: Any, strict: bool = True):
     """Original K-Net ``.pth`` (``{"state_dict", "meta"}``) -> our state dict (checkpoints/mmdet.py)."""
@@ -130,14 +125,6 @@ def import_mmdet(src, model, cfg: Any, strict: bool = True):
 
     return load_mmdet_checkpoint(src, model, strict=strict)
 
-
-def import_imagenet(src, model, cfg: Any, strict: bool = True):
-    """ImageNet weights into ``model.backbone`` (torchvision ResNet, or the official Swin checkpoints
-    such as ``swin_large_patch4_window7_224_22k.pth``); the rest keeps its initialisation."""
-    from kmax_deeplab.checkpoints.imagenet import load_imagenet_backbone
-
-    load_imagenet_backbone(src, model.backbone, strict=strict)
-    return model.state_dict()
 
 
 #: The keyword arguments of K-Net's ``Family`` row.
@@ -150,8 +137,7 @@ KNET = dict(
     postprocess=postprocess,
     input_geometry=input_geometry,
     build_optimizer=build_optimizer,
-    build_scheduler=build_scheduler,
-    importers={"mmdet": import_mmdet, "imagenet": import_imagenet},
+    importers={"mmdet": import_mmdet, "imagenet": import_imagenet_backbone},
     check_config=check_config,
     inference_keys=("pred_logits", "pred_masks"),
     class_activation="sigmoid",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+from kmax_deeplab.checkpoints.imagenet import import_imagenet_backbone
 from kmax_deeplab.modeling.knet_semantic.config import (
     BACKBONES,
     DECODE_HEADS,
@@ -119,22 +120,6 @@ def no_decay_rule(keys: Sequence[str]):
     return decays
 
 
-def import_imagenet(src, model, cfg: Any, strict: bool = True):
-    """ImageNet weights into ``model.backbone`` (mmcv's ResNetV1c ``resnet50_v1c-2cccc1ad.pth`` that the
-    R-50-D8 configs start from, or the official Swin checkpoints of the Swin configs, e.g.
-    ``swin_tiny_patch4_window7_224.pth``; see ``checkpoints/imagenet.py``); the rest keeps its
-    initialisation. Train from it with ``kmax train --weights``."""
-    from kmax_deeplab.checkpoints.imagenet import load_imagenet_backbone
-
-    load_imagenet_backbone(src, model.backbone, strict=strict)
-    return model.state_dict()
-
-
-def build_scheduler(optimizer, cfg: Any):
-    """The shared scheduler of ``cfg.solver`` (the presets: ``warmup_step``)."""
-    from kmax_deeplab.solver import build_scheduler as build
-
-    return build(optimizer, cfg.solver)
 
 
 def import_mmseg(src, model, cfg: Any, strict: bool = True):
@@ -156,8 +141,7 @@ KNET_SEMANTIC = dict(
     postprocess=postprocess,
     input_geometry=input_geometry,
     build_optimizer=build_optimizer,
-    build_scheduler=build_scheduler,
-    importers={"mmseg": import_mmseg, "imagenet": import_imagenet},
+    importers={"mmseg": import_mmseg, "imagenet": import_imagenet_backbone},
     check_config=check_config,
     inference_keys=("sem_seg",),
     tasks=TASKS,

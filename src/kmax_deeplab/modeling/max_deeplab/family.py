@@ -113,12 +113,6 @@ def build_optimizer(model, cfg: Any):
     return build(model, cfg.solver, lr_rules=rules)
 
 
-def build_scheduler(optimizer, cfg: Any):
-    """Warmup + poly (:func:`kmax_deeplab.solver.build_scheduler`)."""
-    from kmax_deeplab.solver import build_scheduler as build
-
-    return build(optimizer, cfg.solver)
-
 
 def import_deeplab2(src, model, cfg: Any, strict: bool = True):
     """deeplab2 MaX-DeepLab TF checkpoint (prefix, ``.index`` or archive folder) -> our state dict."""
@@ -157,7 +151,6 @@ MAX_DEEPLAB = dict(
     postprocess=postprocess,
     input_geometry=input_geometry,
     build_optimizer=build_optimizer,
-    build_scheduler=build_scheduler,
     importers={"deeplab2": import_deeplab2, "imagenet": import_imagenet},
     check_config=check_config,
     inference_keys=("pred_logits", "pred_masks"),
